@@ -1,0 +1,90 @@
+"""The application factory: every router and middleware, at a glance."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from enclava import __version__
+from enclava.auth.router import router as auth_router
+from enclava.config import Settings, get_settings
+from enclava.db import create_engine, create_session_factory
+from enclava.errors import install_error_handlers
+from enclava.health.router import router as health_router
+from enclava.kit.cache import create_cache
+from enclava.kit.logging import configure_logging
+from enclava.kit.middleware import RequestIdMiddleware
+from enclava.state import AppState
+from enclava.users.router import router as users_router
+from enclava.web.router import router as web_router
+from enclava.web.router import static_files
+
+logger = logging.getLogger(__name__)
+
+PUBLIC_PREFIX = "/api/v1"
+INTERNAL_PREFIX = "/api-internal/v1"
+
+
+def _public_api() -> APIRouter:
+    router = APIRouter(prefix=PUBLIC_PREFIX)
+    return router
+
+
+def _internal_api() -> APIRouter:
+    router = APIRouter(prefix=INTERNAL_PREFIX)
+    router.include_router(auth_router)
+    router.include_router(users_router)
+    return router
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            engine = create_engine(settings)
+            stack.push_async_callback(engine.dispose)
+            cache = create_cache(settings.redis_url)
+            stack.push_async_callback(cache.close)
+            state = AppState(
+                settings=settings,
+                engine=engine,
+                session_factory=create_session_factory(engine),
+                cache=cache,
+            )
+            app.state.enclava = state
+            logger.info(
+                "started",
+                extra={
+                    "version": __version__,
+                    "database": "sqlite" if settings.is_embedded_db else "postgresql",
+                    "cache": "redis" if settings.redis_url else "memory",
+                },
+            )
+            yield
+
+    app = FastAPI(
+        title="Enclava",
+        version=__version__,
+        description="Confidential AI platform: OpenAI-compatible gateway, RAG and chatbots.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(_public_api())
+    app.include_router(_internal_api())
+    app.include_router(web_router)
+    app.mount("/static", static_files, name="static")
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Entry point for ``uvicorn --factory`` (used by ``enclava serve --workers N``)."""
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -1,0 +1,143 @@
+"""The ``enclava`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+
+from enclava.config import Settings, SettingsError, get_settings
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Enclava: confidential AI platform.",
+)
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+users_app = typer.Typer(no_args_is_help=True, help="User accounts.")
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+
+
+def _load_settings() -> Settings:
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def run_with_session(settings: Settings, work: Callable[..., Awaitable[T]]) -> T:
+    """Run ``work(session)`` in one committed transaction against the configured database."""
+    from enclava.db import create_engine, create_session_factory, transaction
+
+    async def runner() -> T:
+        engine = create_engine(settings)
+        try:
+            async with transaction(create_session_factory(engine)) as session:
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(runner())
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Serve the API and dashboard (migrates the embedded database first)."""
+    import uvicorn
+
+    from enclava.kit.logging import configure_logging
+    from enclava.migrations import runner
+
+    settings = _load_settings()
+    configure_logging(settings.log_level)
+    if workers > 1 and (
+        settings.is_embedded_db or not settings.redis_url or not settings.qdrant_url
+    ):
+        _fail(
+            "--workers > 1 needs PostgreSQL, Redis and a Qdrant server "
+            "(ENCLAVA_DATABASE_URL, ENCLAVA_REDIS_URL, ENCLAVA_QDRANT_URL): the embedded stores "
+            "belong to one process"
+        )
+    if settings.is_embedded_db:
+        runner.upgrade(settings)
+    uvicorn.run(
+        "enclava.app:create_app_from_env",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_config=None,
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1",
+        timeout_graceful_shutdown=10,
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Migrate the database to the latest schema."""
+    from enclava.migrations import runner
+
+    runner.upgrade(_load_settings(), revision)
+    typer.echo("database is at the latest revision")
+
+
+@users_app.command("create")
+def users_create(
+    email: Annotated[str, typer.Option(help="Login email.")],
+    password: Annotated[
+        str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, help="Password.")
+    ],
+    role: Annotated[str, typer.Option(help="admin or user.")] = "user",
+    full_name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+) -> None:
+    """Create a user (the first one can be the administrator the setup form would create)."""
+    from enclava.auth import service
+    from enclava.errors import AppError
+
+    settings = _load_settings()
+
+    async def work(session: object) -> str:
+        user = await service.create_user(
+            session,  # type: ignore[arg-type]
+            email=email,
+            password=password,
+            role=role,
+            full_name=full_name,
+        )
+        return str(user.id)
+
+    try:
+        user_id = run_with_session(settings, work)
+    except AppError as exc:
+        _fail(exc.message)
+    typer.echo(json.dumps({"id": user_id, "email": email.strip().lower(), "role": role}))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Typed settings, read from ``ENCLAVA_*`` environment variables and ``.env``.
+
+Secrets that are not configured are generated once into the data directory (mode 0600) and
+reused after, so an embedded install needs no setup; production refuses known defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values that appear in docs and examples; a production deployment must never run with them.
+KNOWN_DEFAULT_SECRETS = frozenset(
+    {
+        "",
+        "changeme",
+        "change-me",
+        "changethis",
+        "secret",
+        "dev-secret",
+        "your-secret-key",
+        "your-secret-key-here",
+        "enclava-secret",
+    }
+)
+
+
+class SettingsError(RuntimeError):
+    """Configuration that Enclava refuses to start with."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ENCLAVA_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    environment: Literal["development", "production", "test"] = "development"
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    redis_url: str | None = None
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    encryption_key: SecretStr | None = None
+    providers_file: Path | None = None
+    privatemode_url: str | None = None
+    privatemode_api_key: SecretStr | None = None
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+    # Pool sizing for PostgreSQL; SQLite uses a single shared connection pool of its own.
+    db_pool_size: int = 10
+    db_max_overflow: int = 20
+    db_pool_timeout_s: float = 10.0
+    db_echo: bool = False
+
+    access_token_ttl_s: int = 900
+    refresh_token_ttl_s: int = 14 * 24 * 3600
+    cors_origins: list[str] = Field(default_factory=list)
+    max_request_body_bytes: int = 10 * 1024 * 1024
+    max_upload_bytes: int = 100 * 1024 * 1024
+    webhooks_allow_private_networks: bool = False
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets_in_production(self) -> Settings:
+        if self.environment != "production":
+            return self
+        for name in ("secret_key", "encryption_key"):
+            value = getattr(self, name)
+            if value is None:
+                raise SettingsError(f"ENCLAVA_{name.upper()} must be set in production")
+            raw = value.get_secret_value()
+            if raw.strip().lower() in KNOWN_DEFAULT_SECRETS or len(raw) < 32:
+                raise SettingsError(
+                    f"ENCLAVA_{name.upper()} is a known default or shorter than 32 characters"
+                )
+        return self
+
+    @property
+    def is_embedded_db(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return _async_driver_url(self.database_url)
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'enclava.db').resolve()}"
+
+    @cached_property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
+
+    @cached_property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    def ensure_data_dir(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    @cached_property
+    def secret_key_value(self) -> str:
+        return _configured_or_generated(self, self.secret_key, "secret_key")
+
+    @cached_property
+    def encryption_key_value(self) -> str:
+        return _configured_or_generated(self, self.encryption_key, "encryption_key")
+
+
+def _async_driver_url(url: str) -> str:
+    """Accept the URLs people paste (``postgresql://``, ``postgres://``) and pick async drivers."""
+    for prefix in (
+        "postgres://",
+        "postgresql://",
+        "postgresql+psycopg2://",
+        "postgresql+psycopg://",
+    ):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    return url
+
+
+def _configured_or_generated(settings: Settings, value: SecretStr | None, name: str) -> str:
+    if value is not None and value.get_secret_value():
+        return value.get_secret_value()
+    settings.ensure_data_dir()
+    path = settings.data_dir / f".{name}"
+    if path.exists():
+        stored = path.read_text().strip()
+        if stored:
+            return stored
+    generated = secrets.token_urlsafe(48)
+    # Write a private temp file, then hard-link it into place: the link fails if another process
+    # got there first, so two processes starting together agree on one key.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(generated)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        generated = path.read_text().strip()
+    finally:
+        tmp.unlink()
+    return generated
+
+
+def get_settings() -> Settings:
+    return Settings()
