@@ -10,6 +10,7 @@ from fastapi import APIRouter, FastAPI
 
 from enclava import __version__
 from enclava.auth.router import router as auth_router
+from enclava.budgets.router import router as budgets_router
 from enclava.config import Settings, get_settings
 from enclava.db import create_engine, create_session_factory
 from enclava.errors import install_error_handlers
@@ -17,6 +18,7 @@ from enclava.health.router import router as health_router
 from enclava.kit.cache import create_cache
 from enclava.kit.logging import configure_logging
 from enclava.kit.middleware import RequestIdMiddleware
+from enclava.llm.router import router as llm_router
 from enclava.state import AppState
 from enclava.users.router import router as users_router
 from enclava.web.router import router as web_router
@@ -30,6 +32,7 @@ INTERNAL_PREFIX = "/api-internal/v1"
 
 def _public_api() -> APIRouter:
     router = APIRouter(prefix=PUBLIC_PREFIX)
+    router.include_router(llm_router)
     return router
 
 
@@ -37,7 +40,21 @@ def _internal_api() -> APIRouter:
     router = APIRouter(prefix=INTERNAL_PREFIX)
     router.include_router(auth_router)
     router.include_router(users_router)
+    router.include_router(budgets_router)
     return router
+
+
+async def _start_llm(state: AppState, stack: AsyncExitStack) -> None:
+    """Providers with their pooled HTTP clients, and the model table (see enclava.llm)."""
+    from enclava.llm.config import load_llm_config
+    from enclava.llm.registry import EMBEDDER_KEY, STATE_KEY, LLMRuntime
+
+    runtime = LLMRuntime(load_llm_config(state.settings), state.extras.get(EMBEDDER_KEY))
+    await runtime.start()
+    stack.push_async_callback(runtime.aclose)
+    state.extras[STATE_KEY] = runtime
+    if runtime.embedder is not None:
+        state.extras.setdefault(EMBEDDER_KEY, runtime.embedder)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -57,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 cache=cache,
             )
             app.state.enclava = state
+            await _start_llm(state, stack)
             logger.info(
                 "started",
                 extra={
