@@ -245,7 +245,7 @@ def _client_error(exc: ProviderError) -> AppError:
         return BadRequestError(exc.message, code=exc.code)
     if status == 429:
         return RateLimitError("The upstream provider is rate limiting; retry later", code="upstream_rate_limited")
-    if status == 503 or exc.code in ("circuit_open", "manifest_mismatch", "manifest_unavailable"):
+    if exc.code in ("circuit_open", "manifest_mismatch", "manifest_unavailable"):
         return ServiceUnavailableError(exc.message, code=exc.code)
     if exc.code == "upstream_timeout":
         return UpstreamError("The upstream provider timed out", code=exc.code)

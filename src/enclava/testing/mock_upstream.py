@@ -179,10 +179,17 @@ class Simulator:
             self.requests.append({"path": path, "body": body})
             self.headers_seen.append(headers)
 
-    async def before_response(self, model: str, directives: Directives) -> None:
-        """Apply latency, timeouts and status faults (raises ``MockFault`` / ``MockDrop``)."""
+    async def before_response(
+        self, model: str, directives: Directives, disconnected: Any = None
+    ) -> None:
+        """Apply latency, timeouts and status faults (raises ``MockFault`` / ``MockDrop``).
+
+        ``disconnected`` (an awaitable factory) ends a simulated timeout when the client gives
+        up, so no handler outlives its connection."""
         if directives.timeout:
-            await asyncio.sleep(TIMEOUT_SLEEP_S)
+            waiter = disconnected() if disconnected is not None else asyncio.sleep(TIMEOUT_SLEEP_S)
+            await asyncio.wait_for(waiter, TIMEOUT_SLEEP_S)
+            raise MockDrop()
         if directives.latency_ms:
             await asyncio.sleep(directives.latency_ms / 1000)
         if directives.status is not None and directives.status != 200:
@@ -471,8 +478,12 @@ def create_app(simulator: Simulator | None = None) -> Any:
         sim.record(path, body, headers)
         model = str(body.get("model", ""))
         directives = sim.directives(model, headers.get("x-mock-directives"))
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
         try:
-            await sim.before_response(model, directives)
+            await sim.before_response(model, directives, disconnected)
             if path == "/embeddings":
                 await _send_json(send, 200, sim.embeddings(body, directives))
             elif body.get("stream"):

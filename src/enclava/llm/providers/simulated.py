@@ -45,6 +45,8 @@ class SimulatedProvider(Provider):
             await self.simulator.before_response(model, directives)
         except MockFault as fault:
             raise _fault(fault) from None
+        except MockDrop:
+            raise ProviderError("upstream closed the connection", code="upstream_disconnected") from None
         if directives.drop_after == 0 and not body.get("stream"):
             raise ProviderError("upstream closed the connection", code="upstream_disconnected")
         return directives
