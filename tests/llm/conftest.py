@@ -86,6 +86,12 @@ models:
     upstream_model: latest
     input_price_per_million: 0.5
     output_price_per_million: 1.5
+  - id: exact-model
+    provider: mock
+    upstream_model: mock-chat
+    input_price_per_million: 0
+    output_price_per_million: 2.0
+    max_output_tokens: 50
   - id: embed-model
     provider: mock
     kind: embedding
