@@ -1,10 +1,10 @@
 """Budgets: reserve the worst case before an LLM call, settle to the real cost after.
 
-``reserve`` is one atomic conditional ``UPDATE`` over every active budget that applies to the
-caller (the key's and its owner's): it adds the amount to ``reserved`` only where
-``spent + reserved + amount <= limit`` holds, and succeeds only if it held for all of them.
-PostgreSQL's row locks (and SQLite's single writer) make concurrent reservations serialise on
-the budget rows, so no interleaving of requests on any number of instances can overspend.
+``reserve`` is one ``UPDATE ... RETURNING`` over every active budget that applies to the caller
+(the key's and its owner's): it adds the amount to ``reserved`` and commits only if every
+budget still has ``spent + reserved <= limit``, else rolls back. PostgreSQL's row locks (and
+SQLite's single writer) make concurrent reservations serialise on the budget rows, so no
+interleaving of requests on any number of instances can overspend.
 ``settle`` moves the reservation to ``spent`` at the real cost and writes the usage row in the
 same transaction. Money is integer nano-dollars. If the database cannot be reached the call is
 refused (fail closed). See docs/decisions/0002-money-and-budgets.md.
@@ -19,13 +19,15 @@ from typing import Any
 
 from collections.abc import Callable
 
-from sqlalchemy import insert, or_, select, update
+from datetime import datetime
+
+from sqlalchemy import and_, case, func, insert, literal, or_, select, true, update
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from enclava.auth.subject import AuthSubject
 from enclava.budgets.periods import PERIODS, period_start
-from enclava.db import SessionFactory, transaction
+from enclava.db import SessionFactory
 from enclava.errors import (
     BadRequestError,
     NotFoundError,
@@ -36,6 +38,7 @@ from enclava.errors import (
 from enclava.kit.logging import request_id_var
 from enclava.kit.time import utcnow
 from enclava.models import AuditLog, Budget, UsageRecord
+from enclava.models.base import UTCDateTime
 
 logger = logging.getLogger(__name__)
 
@@ -86,62 +89,161 @@ def _owner_filter(subject: AuthSubject) -> Any:
     return or_(*clauses)
 
 
-async def _roll_periods(session: AsyncSession, budgets: list[Any]) -> None:
-    """Start a new period (spent back to 0) for budgets whose period has ended."""
-    now = utcnow()
-    for budget in budgets:
-        start = period_start(budget.period, now)
-        if budget.period_started_at < start:
-            await session.execute(
-                update(Budget)
-                .where(Budget.id == budget.id, Budget.period_started_at < start)
-                .values(spent_nanousd=0, notified_threshold=0, period_started_at=start)
-                .execution_options(synchronize_session=False)
-            )
+class _Rollback(Exception):
+    """Leaves a reservation transaction without committing it."""
+
+
+def _engine(factory: SessionFactory) -> AsyncEngine:
+    engine = factory.kw.get("bind")
+    assert isinstance(engine, AsyncEngine), "the session factory must be bound to an engine"
+    return engine
 
 
 async def reserve(
     factory: SessionFactory, subject: AuthSubject, amount_nanousd: int
 ) -> Reservation:
-    """Hold ``amount_nanousd`` on every budget that applies, or raise ``QuotaExceededError``."""
+    """Hold ``amount_nanousd`` on every budget that applies, or raise ``QuotaExceededError``.
+
+    On PostgreSQL the common case is one auto-committed statement (``_reserve_pg``), so budget
+    rows stay locked only while the statement runs, not across the event loop's scheduling
+    gaps between statements; refusals and period rollovers take the transactional path below.
+    """
     if amount_nanousd < 0:
         raise ValueError("reservation amount must not be negative")
-    try:
-        async with transaction(factory) as session:
-            budgets = list(
-                (
-                    await session.execute(
-                        select(Budget.id, Budget.period, Budget.period_started_at).where(
-                            Budget.is_active.is_(True), _owner_filter(subject)
-                        )
+    engine = _engine(factory)
+    if engine.dialect.name == "postgresql":
+        try:
+            fast = await _reserve_pg(engine, subject, amount_nanousd)
+        except (OperationalError, DBAPIError, OSError) as exc:
+            logger.error("budget store unreachable", extra={"error": type(exc).__name__})
+            raise ServiceUnavailableError(
+                "Budget store unavailable; request refused", code="budget_store_unavailable"
+            ) from exc
+        if fast is not None:
+            return fast
+    return await _reserve_in_transaction(engine, subject, amount_nanousd)
+
+
+def _current_period_start(now: datetime) -> Any:
+    starts = {p: period_start(p, now) for p in PERIODS}
+    return case(
+        *((Budget.period == p, literal(starts[p], UTCDateTime())) for p in PERIODS if p != "total"),
+        else_=literal(starts["total"], UTCDateTime()),
+    )
+
+
+async def _reserve_pg(
+    engine: AsyncEngine, subject: AuthSubject, amount: int
+) -> Reservation | None:
+    """Lock the applicable budgets, check them all, add the amount to all: one statement.
+
+    Returns ``None`` when the transactional path must decide (a refusal, or a period to roll).
+    """
+    candidates = (
+        select(
+            Budget.id,
+            Budget.spent_nanousd,
+            Budget.reserved_nanousd,
+            Budget.limit_nanousd,
+            (Budget.period_started_at >= _current_period_start(utcnow())).label("current"),
+        )
+        .where(Budget.is_active.is_(True), _owner_filter(subject))
+        .with_for_update()
+        .cte("candidates")
+    )
+    fits = (
+        select(
+            func.coalesce(
+                func.bool_and(
+                    and_(
+                        candidates.c.spent_nanousd + candidates.c.reserved_nanousd + amount
+                        <= candidates.c.limit_nanousd,
+                        candidates.c.current,
                     )
-                ).all()
-            )
-            if not budgets:
-                return Reservation((), amount_nanousd)
-            await _roll_periods(session, budgets)
-            ids = tuple(b.id for b in budgets)
-            result = await session.execute(
-                update(Budget)
-                .where(
-                    Budget.id.in_(ids),
-                    Budget.spent_nanousd + Budget.reserved_nanousd + amount_nanousd
-                    <= Budget.limit_nanousd,
-                )
-                .values(reserved_nanousd=Budget.reserved_nanousd + amount_nanousd)
-                .execution_options(synchronize_session=False)
-            )
-            if result.rowcount != len(ids):  # type: ignore[attr-defined]
-                raise QuotaExceededError(
-                    "Budget exhausted: this request could cost more than the remaining budget",
-                    code="insufficient_quota",
-                )
-            return Reservation(ids, amount_nanousd)
+                ),
+                true(),
+            ).label("ok"),
+            func.count().label("n"),
+        )
+        .select_from(candidates)
+        .cte("fits")
+    )
+    reserved = (
+        update(Budget)
+        .where(Budget.id.in_(select(candidates.c.id)), select(fits.c.ok).scalar_subquery())
+        .values(reserved_nanousd=Budget.reserved_nanousd + amount)
+        .returning(Budget.id)
+        .cte("reserved")
+    )
+    statement = select(
+        fits.c.ok, fits.c.n, select(func.array_agg(reserved.c.id)).scalar_subquery()
+    )
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        row = (await conn.execute(statement)).one()
+    if not row[0]:
+        return None
+    return Reservation(tuple(row[2] or ()), amount)
+
+
+async def _reserve_in_transaction(
+    engine: AsyncEngine, subject: AuthSubject, amount_nanousd: int
+) -> Reservation:
+    """One statement: add the amount to every applicable budget and return the new totals; if any
+    budget would then be over its limit, roll the transaction back. The UPDATE holds the rows'
+    locks until commit or rollback (PostgreSQL; SQLite has a single writer), so concurrent
+    reservations see each other's amounts and no interleaving can overspend.
+    """
+    refused = False
+    try:
+        async with engine.connect() as conn:
+            try:
+                async with conn.begin():
+                    rows = (
+                        await conn.execute(
+                            update(Budget)
+                            .where(Budget.is_active.is_(True), _owner_filter(subject))
+                            .values(reserved_nanousd=Budget.reserved_nanousd + amount_nanousd)
+                            .returning(
+                                Budget.id,
+                                Budget.period,
+                                Budget.period_started_at,
+                                Budget.spent_nanousd,
+                                Budget.reserved_nanousd,
+                                Budget.limit_nanousd,
+                            )
+                        )
+                    ).all()
+                    if not rows:
+                        return Reservation((), amount_nanousd)
+                    now = utcnow()
+                    for row in rows:
+                        spent = row.spent_nanousd
+                        start = period_start(row.period, now)
+                        if row.period_started_at < start:
+                            # The period ended: start a new one (in-flight reservations carry over).
+                            await conn.execute(
+                                update(Budget)
+                                .where(Budget.id == row.id)
+                                .values(spent_nanousd=0, notified_threshold=0, period_started_at=start)
+                            )
+                            spent = 0
+                        if spent + row.reserved_nanousd > row.limit_nanousd:
+                            refused = True
+                    if refused:
+                        raise _Rollback()
+                    return Reservation(tuple(r.id for r in rows), amount_nanousd)
+            except _Rollback:
+                pass
     except (OperationalError, DBAPIError, OSError) as exc:
         logger.error("budget store unreachable", extra={"error": type(exc).__name__})
         raise ServiceUnavailableError(
             "Budget store unavailable; request refused", code="budget_store_unavailable"
         ) from exc
+    raise QuotaExceededError(
+        "Budget exhausted: this request could cost more than the remaining budget",
+        code="insufficient_quota",
+    )
 
 
 async def settle(
@@ -158,72 +260,105 @@ async def settle(
     if cost_nanousd < 0:
         raise ValueError("cost must not be negative")
     api_key_id = subject.api_key.id if subject.api_key else None
-    async with transaction(factory) as session:
-        crossings: list[ThresholdCrossing] = []
-        if reservation.budget_ids:
-            rows = (
-                await session.execute(
-                    update(Budget)
-                    .where(Budget.id.in_(reservation.budget_ids))
-                    .values(
-                        reserved_nanousd=Budget.reserved_nanousd - reservation.amount_nanousd,
-                        spent_nanousd=Budget.spent_nanousd + cost_nanousd,
-                    )
-                    .returning(
-                        Budget.id,
-                        Budget.spent_nanousd,
-                        Budget.limit_nanousd,
-                        Budget.soft_thresholds,
-                        Budget.notified_threshold,
-                        Budget.user_id,
-                        Budget.api_key_id,
-                    )
-                    .execution_options(synchronize_session=False)
-                )
-            ).all()
-            crossings = await _check_thresholds(session, rows)
-        await session.execute(
-            insert(UsageRecord).values(
-                user_id=subject.user_id,
-                api_key_id=api_key_id,
-                request_id=usage.request_id,
-                endpoint=usage.endpoint,
-                model=usage.model,
-                provider=usage.provider,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                total_tokens=usage.prompt_tokens + usage.completion_tokens,
-                cost_nanousd=cost_nanousd,
-                latency_ms=usage.latency_ms,
-                status=usage.status,
-                error_code=usage.error_code,
-                streamed=usage.streamed,
-            )
+    rows = _usage_rows(subject, api_key_id, cost_nanousd, usage, audit)
+    engine = _engine(factory)
+    charge = (
+        update(Budget)
+        .where(Budget.id.in_(reservation.budget_ids))
+        .values(
+            reserved_nanousd=Budget.reserved_nanousd - reservation.amount_nanousd,
+            spent_nanousd=Budget.spent_nanousd + cost_nanousd,
         )
-        if audit:
-            await session.execute(
-                insert(AuditLog).values(
-                    user_id=subject.user_id,
-                    api_key_id=api_key_id,
-                    action=f"llm.{usage.endpoint}",
-                    resource_type="model",
-                    resource_id=usage.model[:64],
-                    details={
+        .returning(
+            Budget.id,
+            Budget.spent_nanousd,
+            Budget.limit_nanousd,
+            Budget.soft_thresholds,
+            Budget.notified_threshold,
+            Budget.user_id,
+            Budget.api_key_id,
+        )
+    )
+    if engine.dialect.name == "postgresql":
+        # One auto-committed statement: the budget rows are locked only while it runs.
+        inserts = [insert(table).values(**values).returning(table.id).cte(f"row_{i}") for i, (table, values) in enumerate(rows)]
+        if reservation.budget_ids:
+            settled = charge.cte("settled")
+            statement = select(settled).add_cte(*inserts)
+        else:
+            statement = select(inserts[0].c.id).add_cte(*inserts[1:])
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            result = (await conn.execute(statement)).all()
+            if not reservation.budget_ids:
+                return []
+            return await _check_thresholds(conn, result)
+    async with engine.begin() as conn:
+        for table, values in rows:
+            await conn.execute(insert(table).values(**values))
+        if not reservation.budget_ids:
+            return []
+        # Last, so SQLite's write lock is held for as little as possible after it.
+        result = (await conn.execute(charge)).all()
+        return await _check_thresholds(conn, result)
+
+
+def _usage_rows(
+    subject: AuthSubject, api_key_id: uuid.UUID | None, cost: int, usage: UsageData, audit: bool
+) -> list[tuple[Any, dict[str, Any]]]:
+    now = utcnow()
+    rows: list[tuple[Any, dict[str, Any]]] = [
+        (
+            UsageRecord,
+            {
+                "id": uuid.uuid4(),
+                "created_at": now,
+                "user_id": subject.user_id,
+                "api_key_id": api_key_id,
+                "request_id": usage.request_id,
+                "endpoint": usage.endpoint,
+                "model": usage.model,
+                "provider": usage.provider,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+                "cost_nanousd": cost,
+                "latency_ms": usage.latency_ms,
+                "status": usage.status,
+                "error_code": usage.error_code,
+                "streamed": usage.streamed,
+            },
+        )
+    ]
+    if audit:
+        rows.append(
+            (
+                AuditLog,
+                {
+                    "id": uuid.uuid4(),
+                    "created_at": now,
+                    "user_id": subject.user_id,
+                    "api_key_id": api_key_id,
+                    "action": f"llm.{usage.endpoint}",
+                    "resource_type": "model",
+                    "resource_id": usage.model[:64],
+                    "details": {
                         "provider": usage.provider,
                         "status": usage.status,
                         "prompt_tokens": usage.prompt_tokens,
                         "completion_tokens": usage.completion_tokens,
-                        "cost_nanousd": cost_nanousd,
+                        "cost_nanousd": cost,
                         "streamed": usage.streamed,
                     },
-                    success=usage.status in ("success", "cached"),
-                    request_id=usage.request_id or request_id_var.get(),
-                )
+                    "success": usage.status in ("success", "cached"),
+                    "request_id": usage.request_id or request_id_var.get(),
+                },
             )
-        return crossings
+        )
+    return rows
 
 
-async def _check_thresholds(session: AsyncSession, rows: list[Any]) -> list[ThresholdCrossing]:
+async def _check_thresholds(conn: AsyncConnection, rows: list[Any]) -> list[ThresholdCrossing]:
     crossings = []
     for budget in rows:
         if budget.limit_nanousd <= 0 or not budget.soft_thresholds:
@@ -232,11 +367,10 @@ async def _check_thresholds(session: AsyncSession, rows: list[Any]) -> list[Thre
         passed = [t for t in sorted(budget.soft_thresholds) if t <= percent_used]
         if passed and passed[-1] > budget.notified_threshold:
             # Conditional, so two instances settling together notify once.
-            result = await session.execute(
+            result = await conn.execute(
                 update(Budget)
                 .where(Budget.id == budget.id, Budget.notified_threshold < passed[-1])
                 .values(notified_threshold=passed[-1])
-                .execution_options(synchronize_session=False)
             )
             if result.rowcount:  # type: ignore[attr-defined]
                 crossings.append(
