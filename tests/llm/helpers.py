@@ -58,3 +58,26 @@ async def add_budget(app: Any, subject_or_owner: dict[str, Any], limit_nanousd: 
         session.add(row)
         await session.flush()
         return row.id
+
+
+from collections.abc import AsyncIterator  # noqa: E402
+from contextlib import asynccontextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httpx  # noqa: E402
+
+
+@asynccontextmanager
+async def app_with_providers(settings: Any, providers_yaml: str | None, tmp_path: Path) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    """A separate app whose providers come from ``providers_yaml`` (None: nothing configured)."""
+    from enclava.app import create_app
+
+    path = None
+    if providers_yaml is not None:
+        path = tmp_path / "custom-providers.yaml"
+        path.write_text(providers_yaml)
+    app = create_app(settings.model_copy(update={"providers_file": path, "privatemode_url": None}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield app, client

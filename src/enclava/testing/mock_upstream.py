@@ -453,6 +453,7 @@ def create_app(simulator: Simulator | None = None) -> Any:
             await _control(sim, path, method, await _read_body(receive), send)
             return
         if method == "GET" and path == "/models":
+            sim.counts["GET /models"] = sim.counts.get("GET /models", 0) + 1
             await _send_json(send, 200, sim.models())
             return
         if method == "GET" and path.startswith("/models/"):
