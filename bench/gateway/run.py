@@ -42,8 +42,8 @@ def _wait_http(url: str, headers: dict[str, str] | None = None, timeout: float =
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            request = urllib.request.Request(url, headers=headers or {})  # noqa: S310
-            with urllib.request.urlopen(request, timeout=2):  # noqa: S310
+            request = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=2):
                 return
         except (urllib.error.URLError, ConnectionError, OSError):
             time.sleep(0.2)
@@ -53,7 +53,9 @@ def _wait_http(url: str, headers: dict[str, str] | None = None, timeout: float =
 @contextmanager
 def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            args, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
+        )
         try:
             yield proc
         finally:
@@ -67,7 +69,9 @@ def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subpro
 # -- load generation ---------------------------------------------------------------------------
 
 
-async def _measure(url: str, headers: dict[str, str], concurrency: int, total: int) -> dict[str, Any]:
+async def _measure(
+    url: str, headers: dict[str, str], concurrency: int, total: int
+) -> dict[str, Any]:
     payload = json.dumps(BODY).encode()
     connector = aiohttp.TCPConnector(limit=concurrency)
     latencies: list[float] = []
@@ -104,7 +108,11 @@ async def _measure(url: str, headers: dict[str, str], concurrency: int, total: i
     latencies.sort()
 
     def pct(p: float) -> float:
-        return round(latencies[min(len(latencies) - 1, int(len(latencies) * p))] * 1000, 3) if latencies else float("nan")
+        return (
+            round(latencies[min(len(latencies) - 1, int(len(latencies) * p))] * 1000, 3)
+            if latencies
+            else float("nan")
+        )
 
     return {
         "concurrency": concurrency,
@@ -136,7 +144,9 @@ def _providers_file(work: Path, upstream: str) -> Path:
     return path
 
 
-def _enclava_env(work: Path, upstream: str, database_url: str | None, redis_url: str | None) -> dict[str, str]:
+def _enclava_env(
+    work: Path, upstream: str, database_url: str | None, redis_url: str | None
+) -> dict[str, str]:
     env = {
         "ENCLAVA_DATA_DIR": str(work / "data"),
         "ENCLAVA_PROVIDERS_FILE": str(_providers_file(work, upstream)),
@@ -172,12 +182,22 @@ def _provision(env: dict[str, str]) -> str:
         "print(run_with_session(s, work))\n"
     )
     result = subprocess.run(
-        [str(VENV_BIN / "python"), "-c", script], env={**os.environ, **env}, capture_output=True, check=True
+        [str(VENV_BIN / "python"), "-c", script],
+        env={**os.environ, **env},
+        capture_output=True,
+        check=True,
     )
     return result.stdout.decode().strip().splitlines()[-1]
 
 
-def _bench_enclava(name: str, work: Path, upstream: str, total: int, database_url: str | None = None, redis_url: str | None = None) -> list[dict[str, Any]]:
+def _bench_enclava(
+    name: str,
+    work: Path,
+    upstream: str,
+    total: int,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+) -> list[dict[str, Any]]:
     work.mkdir(parents=True, exist_ok=True)
     env = _enclava_env(work, upstream, database_url, redis_url)
     key = _provision(env)
@@ -186,7 +206,11 @@ def _bench_enclava(name: str, work: Path, upstream: str, total: int, database_ur
     work.mkdir(parents=True, exist_ok=True)
     with _process(args, env, work / f"{name}.log"):
         _wait_http(f"http://127.0.0.1:{port}/health")
-        return _run_all(f"http://127.0.0.1:{port}/api/v1/chat/completions", {"authorization": f"Bearer {key}"}, total)
+        return _run_all(
+            f"http://127.0.0.1:{port}/api/v1/chat/completions",
+            {"authorization": f"Bearer {key}"},
+            total,
+        )
 
 
 def _reset_postgres(admin_url: str, name: str) -> str:
@@ -226,7 +250,11 @@ def _bench_litellm(executable: str, work: Path, upstream: str, total: int) -> li
         "litellm_settings:\n  telemetry: false\n"
     )
     port = _port()
-    env = {"LITELLM_MASTER_KEY": "sk-bench-master", "LITELLM_LOG": "ERROR", "DISABLE_SCHEMA_UPDATE": "true"}
+    env = {
+        "LITELLM_MASTER_KEY": "sk-bench-master",
+        "LITELLM_LOG": "ERROR",
+        "DISABLE_SCHEMA_UPDATE": "true",
+    }
     args = [executable, "--config", str(config), "--port", str(port), "--host", "127.0.0.1"]
     headers = {"authorization": "Bearer sk-bench-master"}
     with _process(args, env, work / "litellm.log"):
@@ -268,7 +296,16 @@ def main() -> None:
     try:
         upstream_port = _port()
         upstream = f"http://127.0.0.1:{upstream_port}"
-        mock = [str(VENV_BIN / "enclava"), "mock-upstream", "--port", str(upstream_port), "--latency-ms", latency, "--completion-tokens", "16"]
+        mock = [
+            str(VENV_BIN / "enclava"),
+            "mock-upstream",
+            "--port",
+            str(upstream_port),
+            "--latency-ms",
+            latency,
+            "--completion-tokens",
+            "16",
+        ]
         with _process(mock, {}, work / "mock.log"):
             _wait_http(upstream + "/v1/models")
             if "direct" in targets:
@@ -276,21 +313,29 @@ def main() -> None:
                 results["direct"] = _run_all(upstream + "/v1/chat/completions", {}, total)
             if "embedded" in targets:
                 print("enclava, embedded (SQLite, in-process cache) ...", flush=True)
-                results["enclava-embedded"] = _bench_enclava("embedded", work / "embedded", upstream, total)
+                results["enclava-embedded"] = _bench_enclava(
+                    "embedded", work / "embedded", upstream, total
+                )
             if "postgres" in targets:
                 print("enclava, PostgreSQL + Redis ...", flush=True)
                 try:
                     database = _reset_postgres(pg_admin, "enclava_bench")
                     _flush_redis(redis_url)
-                    results["enclava-postgres-redis"] = _bench_enclava("postgres", work / "postgres", upstream, total, database, redis_url)
+                    results["enclava-postgres-redis"] = _bench_enclava(
+                        "postgres", work / "postgres", upstream, total, database, redis_url
+                    )
                 except (OSError, ConnectionError) as exc:
                     notes.append(f"postgres target skipped: {exc}")
             if "litellm" in targets:
                 if shutil.which(litellm) or Path(litellm).exists():
                     print("litellm proxy ...", flush=True)
-                    results["litellm-proxy"] = _bench_litellm(litellm, work / "litellm", upstream, total)
+                    results["litellm-proxy"] = _bench_litellm(
+                        litellm, work / "litellm", upstream, total
+                    )
                 else:
-                    notes.append(f"LiteLLM not measured: {litellm} not found (see docs/benchmarks.md)")
+                    notes.append(
+                        f"LiteLLM not measured: {litellm} not found (see docs/benchmarks.md)"
+                    )
     finally:
         pass
     table = _table(results)
@@ -302,7 +347,11 @@ def main() -> None:
     (out / "gateway.json").write_text(
         json.dumps(
             {
-                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                },
                 "requests_per_measurement": total,
                 "upstream_latency_ms": float(latency),
                 "results": results,

@@ -24,7 +24,9 @@ def sse_events(text: str) -> list[Any]:
 
 async def usage_rows(app: Any) -> list[UsageRecord]:
     async with transaction(app.state.enclava.session_factory) as session:
-        return list((await session.execute(select(UsageRecord).order_by(UsageRecord.created_at))).scalars())
+        return list(
+            (await session.execute(select(UsageRecord).order_by(UsageRecord.created_at))).scalars()
+        )
 
 
 async def budget(app: Any, budget_id: uuid.UUID) -> Budget:
@@ -36,10 +38,19 @@ async def budget(app: Any, budget_id: uuid.UUID) -> Budget:
 
 async def usage_cost_sum(app: Any) -> int:
     async with transaction(app.state.enclava.session_factory) as session:
-        return int(await session.scalar(select(func.coalesce(func.sum(UsageRecord.cost_nanousd), 0))) or 0)
+        return int(
+            await session.scalar(select(func.coalesce(func.sum(UsageRecord.cost_nanousd), 0))) or 0
+        )
 
 
-async def add_budget(app: Any, subject_or_owner: dict[str, Any], limit_nanousd: int, *, key: bool = False, **fields: Any) -> uuid.UUID:
+async def add_budget(
+    app: Any,
+    subject_or_owner: dict[str, Any],
+    limit_nanousd: int,
+    *,
+    key: bool = False,
+    **fields: Any,
+) -> uuid.UUID:
     from enclava.budgets.periods import period_start
     from enclava.kit.time import utcnow
 
@@ -68,7 +79,9 @@ import httpx  # noqa: E402
 
 
 @asynccontextmanager
-async def app_with_providers(settings: Any, providers_yaml: str | None, tmp_path: Path) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+async def app_with_providers(
+    settings: Any, providers_yaml: str | None, tmp_path: Path
+) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
     """A separate app whose providers come from ``providers_yaml`` (None: nothing configured)."""
     from enclava.app import create_app
 

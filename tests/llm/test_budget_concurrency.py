@@ -60,7 +60,11 @@ async def test_200_concurrent_requests_never_overspend(
 
 
 async def test_two_instances_share_one_budget(
-    app: Any, settings: Settings, client: httpx.AsyncClient, actors: Actors, mock_upstream: Simulator
+    app: Any,
+    settings: Settings,
+    client: httpx.AsyncClient,
+    actors: Actors,
+    mock_upstream: Simulator,
 ) -> None:
     mock_upstream.config.completion_tokens = 1000
     key = await key_for(actors)

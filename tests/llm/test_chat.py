@@ -32,7 +32,12 @@ async def test_completion_matches_openai_schema_and_is_billed(
     assert usage["cost_usd"] == response.headers["x-enclava-cost-usd"]
     assert response.headers["x-enclava-prompt-tokens"] == str(usage["prompt_tokens"])
     [row] = await usage_rows(app)
-    assert (row.status, row.model, row.provider, row.streamed) == ("success", "chat-model", "mock", False)
+    assert (row.status, row.model, row.provider, row.streamed) == (
+        "success",
+        "chat-model",
+        "mock",
+        False,
+    )
     assert (row.prompt_tokens, row.completion_tokens, row.cost_nanousd) == (
         usage["prompt_tokens"],
         usage["completion_tokens"],
@@ -79,7 +84,19 @@ async def test_full_request_surface_reaches_the_upstream(
     assert len(body["choices"]) == 2
     assert body["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "lookup"
     sent = mock_upstream.requests[-1]["body"]
-    for field in ("messages", "tools", "tool_choice", "response_format", "stop", "n", "seed", "logprobs", "top_logprobs", "temperature", "user"):
+    for field in (
+        "messages",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "stop",
+        "n",
+        "seed",
+        "logprobs",
+        "top_logprobs",
+        "temperature",
+        "user",
+    ):
         assert sent[field] == request[field], field
     # The upstream name is used, and the output limit is explicit and capped at the model's.
     assert sent["model"] == "mock-chat"
@@ -137,7 +154,9 @@ async def test_stream_without_include_usage_has_no_usage_chunk_but_is_billed(
     assert row.completion_tokens == 12 and row.cost_nanousd > 0
 
 
-async def test_invalid_requests_get_openai_shaped_400(client: httpx.AsyncClient, actors: Actors) -> None:
+async def test_invalid_requests_get_openai_shaped_400(
+    client: httpx.AsyncClient, actors: Actors
+) -> None:
     key = await key_for(actors)
     cases = [
         (b"{not json", None),
@@ -145,11 +164,16 @@ async def test_invalid_requests_get_openai_shaped_400(client: httpx.AsyncClient,
         (b'{"model": "chat-model"}', "messages"),
         (b'{"model": "chat-model", "messages": [{"content": "x"}]}', "messages.0"),
         (b'{"model": "chat-model", "messages": [{"role": "user", "content": "x"}], "n": 0}', "n"),
-        (b'{"model": "chat-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}', "max_tokens"),
+        (
+            b'{"model": "chat-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}',
+            "max_tokens",
+        ),
         (b'{"model": "embed-model", "messages": [{"role": "user", "content": "x"}]}', "model"),
     ]
     for raw, param in cases:
-        response = await client.post(URL, content=raw, headers={**key["headers"], "content-type": "application/json"})
+        response = await client.post(
+            URL, content=raw, headers={**key["headers"], "content-type": "application/json"}
+        )
         assert response.status_code == 400, raw
         error = response.json()["error"]
         assert error["type"] == "invalid_request_error" and error["param"] == param, raw
@@ -170,7 +194,9 @@ async def test_policy_scopes_models_and_confidential_only(
     confidential = await key_for(actors, confidential_only=True)
     response = await client.post(URL, json=CHAT, headers=confidential["headers"])
     assert response.status_code == 403 and response.json()["error"]["code"] == "confidential_only"
-    response = await client.post(URL, json={**CHAT, "model": "confidential-model"}, headers=confidential["headers"])
+    response = await client.post(
+        URL, json={**CHAT, "model": "confidential-model"}, headers=confidential["headers"]
+    )
     assert response.status_code == 200 and response.json()["model"] == "confidential-model"
 
     unknown = await client.post(URL, json={**CHAT, "model": "nope"}, headers=limited["headers"])
@@ -203,8 +229,20 @@ async def test_no_prompt_or_completion_text_in_logs(
     caplog.set_level(logging.DEBUG)
     key = await key_for(actors)
     secret_prompt = "my-very-private-prompt-4711"
-    await client.post(URL, json={**CHAT, "messages": [{"role": "user", "content": secret_prompt}]}, headers=key["headers"])
-    await client.post(URL, json={**CHAT, "model": "broken-model", "messages": [{"role": "user", "content": secret_prompt}]}, headers=key["headers"])
+    await client.post(
+        URL,
+        json={**CHAT, "messages": [{"role": "user", "content": secret_prompt}]},
+        headers=key["headers"],
+    )
+    await client.post(
+        URL,
+        json={
+            **CHAT,
+            "model": "broken-model",
+            "messages": [{"role": "user", "content": secret_prompt}],
+        },
+        headers=key["headers"],
+    )
     logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     assert secret_prompt not in logged
     assert "simulated" not in logged  # completion text

@@ -54,7 +54,9 @@ async def test_timeout_gives_clean_error_and_releases_the_reservation(
 ) -> None:
     key = await key_for(actors)
     budget_id = await add_budget(app, key["owner"], 10**9)
-    response = await client.post(URL, json={**CHAT, "model": "timeout-model"}, headers=key["headers"])
+    response = await client.post(
+        URL, json={**CHAT, "model": "timeout-model"}, headers=key["headers"]
+    )
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_timeout"
     assert_valid("ErrorResponse", response.json())
@@ -69,7 +71,12 @@ async def test_dropped_stream_ends_with_error_event_and_bills_what_was_delivered
 ) -> None:
     key = await key_for(actors)
     budget_id = await add_budget(app, key["owner"], 10**9)
-    request = {**CHAT, "model": "dropping-model", "stream": True, "stream_options": {"include_usage": True}}
+    request = {
+        **CHAT,
+        "model": "dropping-model",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     response = await client.post(URL, json=request, headers=key["headers"])
     assert response.status_code == 200
     events = sse_events(response.text)
@@ -90,7 +97,9 @@ async def test_fallback_serves_from_another_provider(
     app: Any, client: httpx.AsyncClient, actors: Actors, mock_upstream: Simulator
 ) -> None:
     key = await key_for(actors)
-    response = await client.post(URL, json={**CHAT, "model": "broken-model"}, headers=key["headers"])
+    response = await client.post(
+        URL, json={**CHAT, "model": "broken-model"}, headers=key["headers"]
+    )
     assert response.status_code == 200, response.text
     assert response.json()["model"] == "backup-model"
     assert response.headers["x-enclava-provider"] == "backup"
@@ -113,7 +122,9 @@ async def test_fallbacks_respect_confidential_only_and_allowed_models(
     assert upstream_calls(mock_upstream, "mock-backup") == 0
 
     allowed = await key_for(actors, allowed_models=["broken-model"])
-    response = await client.post(URL, json={**CHAT, "model": "broken-model"}, headers=allowed["headers"])
+    response = await client.post(
+        URL, json={**CHAT, "model": "broken-model"}, headers=allowed["headers"]
+    )
     assert response.status_code == 502
     assert upstream_calls(mock_upstream, "mock-backup") == 0
 

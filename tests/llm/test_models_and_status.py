@@ -53,7 +53,7 @@ async def test_upstream_model_lists_are_cached(
         assert response.status_code == 200
     # Four HTTP providers share the one mock: each list was fetched once, then cached.
     assert mock_upstream.counts["GET /models"] == 4
-    chat = [m for m in response.json()["data"] if m["id"] == "chat-model"][0]
+    chat = next(m for m in response.json()["data"] if m["id"] == "chat-model")
     assert chat["available"] is True
 
 
@@ -67,14 +67,21 @@ async def test_nothing_configured_serves_clearly_simulated_models(
         assert chat and all(m["simulated"] and "simulated" in m["id"] for m in chat)
         assert all(m["owned_by"] == "enclava-simulated" for m in chat)
         response = await client.post(
-            "/api/v1/chat/completions", json={**CHAT, "model": "simulated-chat"}, headers=key["headers"]
+            "/api/v1/chat/completions",
+            json={**CHAT, "model": "simulated-chat"},
+            headers=key["headers"],
         )
         assert response.status_code == 200
         assert_valid("CreateChatCompletionResponse", response.json())
         assert "simulated" in response.json()["choices"][0]["message"]["content"]
         streamed = await client.post(
             "/api/v1/chat/completions",
-            json={**CHAT, "model": "simulated-chat", "stream": True, "stream_options": {"include_usage": True}},
+            json={
+                **CHAT,
+                "model": "simulated-chat",
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
             headers=key["headers"],
         )
         events = sse_events(streamed.text)
@@ -123,7 +130,9 @@ async def test_privatemode_status_shows_manifest_and_pin_refuses_mismatch(
     _write_manifests(workspace, [b'{"v": 1}', b'{"v": 2}'])
     current = hashlib.sha256(b'{"v": 2}').hexdigest()
 
-    async with app_with_providers(settings, PM_YAML.format(url=url, workspace=workspace, pin=current), tmp_path) as (app, client):
+    async with app_with_providers(
+        settings, PM_YAML.format(url=url, workspace=workspace, pin=current), tmp_path
+    ) as (app, client):
         key = await key_for(Actors(app, client))
         status = (await client.get("/api/v1/llm/providers/status", headers=key["headers"])).json()
         [pm] = [p for p in status["data"] if p["name"] == "pm"]
@@ -135,7 +144,9 @@ async def test_privatemode_status_shows_manifest_and_pin_refuses_mismatch(
             "file": "2.json",
         }
         assert pm["manifest_matches"] is True
-        ok = await client.post("/api/v1/chat/completions", json={**CHAT, "model": "pm-model"}, headers=key["headers"])
+        ok = await client.post(
+            "/api/v1/chat/completions", json={**CHAT, "model": "pm-model"}, headers=key["headers"]
+        )
         assert ok.status_code == 200
 
         # The proxy verifies a new deployment manifest that the admin has not pinned.
@@ -143,7 +154,9 @@ async def test_privatemode_status_shows_manifest_and_pin_refuses_mismatch(
         with (workspace / "manifests" / "log.txt").open("a") as log:
             log.write("2026-01-03T10:00:00Z /proxy/workspace/manifests/3.json\n")
         calls = mock_upstream.total_requests
-        refused = await client.post("/api/v1/chat/completions", json={**CHAT, "model": "pm-model"}, headers=key["headers"])
+        refused = await client.post(
+            "/api/v1/chat/completions", json={**CHAT, "model": "pm-model"}, headers=key["headers"]
+        )
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "manifest_mismatch"
         assert mock_upstream.total_requests == calls
@@ -154,7 +167,10 @@ async def test_privatemode_status_shows_manifest_and_pin_refuses_mismatch(
 
 
 async def test_response_cache_is_per_user_and_off_by_default(
-    settings: Settings, tmp_path: Path, mock_upstream_server: tuple[str, Simulator], mock_upstream: Simulator
+    settings: Settings,
+    tmp_path: Path,
+    mock_upstream_server: tuple[str, Simulator],
+    mock_upstream: Simulator,
 ) -> None:
     url, _ = mock_upstream_server
     yaml = (
@@ -167,13 +183,23 @@ async def test_response_cache_is_per_user_and_off_by_default(
         actors = Actors(app, client)
         first, second = await key_for(actors), await key_for(actors)
         for _ in range(2):
-            await client.post("/api/v1/chat/completions", json={**CHAT, "model": "uncached"}, headers=first["headers"])
+            await client.post(
+                "/api/v1/chat/completions",
+                json={**CHAT, "model": "uncached"},
+                headers=first["headers"],
+            )
         assert mock_upstream.total_requests == 2
-        a = await client.post("/api/v1/chat/completions", json={**CHAT, "model": "cached"}, headers=first["headers"])
-        b = await client.post("/api/v1/chat/completions", json={**CHAT, "model": "cached"}, headers=first["headers"])
+        a = await client.post(
+            "/api/v1/chat/completions", json={**CHAT, "model": "cached"}, headers=first["headers"]
+        )
+        b = await client.post(
+            "/api/v1/chat/completions", json={**CHAT, "model": "cached"}, headers=first["headers"]
+        )
         assert a.json() == b.json() and mock_upstream.total_requests == 3
         assert b.headers["x-enclava-cost-usd"] == "0"
-        await client.post("/api/v1/chat/completions", json={**CHAT, "model": "cached"}, headers=second["headers"])
+        await client.post(
+            "/api/v1/chat/completions", json={**CHAT, "model": "cached"}, headers=second["headers"]
+        )
         assert mock_upstream.total_requests == 4
         statuses = [r.status for r in await usage_rows(app)]
         assert statuses.count("cached") == 1 and statuses.count("success") == 4
@@ -183,7 +209,11 @@ async def test_embeddings_via_provider_and_local_model(
     app: Any, client: httpx.AsyncClient, actors: Actors, mock_upstream: Simulator
 ) -> None:
     key = await key_for(actors)
-    response = await client.post("/api/v1/embeddings", json={"model": "embed-model", "input": "hello"}, headers=key["headers"])
+    response = await client.post(
+        "/api/v1/embeddings",
+        json={"model": "embed-model", "input": "hello"},
+        headers=key["headers"],
+    )
     assert response.status_code == 200
     assert_valid("CreateEmbeddingResponse", response.json())
     local = await client.post(
@@ -206,11 +236,20 @@ async def test_embeddings_via_provider_and_local_model(
     vector = struct.unpack("<384f", base64.b64decode(encoded.json()["data"][0]["embedding"]))
     assert abs(vector[0] - body["data"][0]["embedding"][0]) < 1e-6
     tokens = await client.post(
-        "/api/v1/embeddings", json={"model": "multilingual-e5-small", "input": [1, 2, 3]}, headers=key["headers"]
+        "/api/v1/embeddings",
+        json={"model": "multilingual-e5-small", "input": [1, 2, 3]},
+        headers=key["headers"],
     )
     assert tokens.status_code == 400
-    for bad in ({"model": "embed-model", "input": ""}, {"model": "embed-model", "input": []}, {"model": "embed-model", "input": "x", "encoding_format": "hex"}, {"model": "chat-model", "input": "x"}):
-        assert (await client.post("/api/v1/embeddings", json=bad, headers=key["headers"])).status_code == 400, bad
+    for bad in (
+        {"model": "embed-model", "input": ""},
+        {"model": "embed-model", "input": []},
+        {"model": "embed-model", "input": "x", "encoding_format": "hex"},
+        {"model": "chat-model", "input": "x"},
+    ):
+        assert (
+            await client.post("/api/v1/embeddings", json=bad, headers=key["headers"])
+        ).status_code == 400, bad
     rows = await usage_rows(app)
     assert [r.endpoint for r in rows if r.status == "success"] == ["embeddings"] * 3
     assert all(r.provider in ("mock", "local") for r in rows)

@@ -58,7 +58,10 @@ def _sync_calls(client: openai.OpenAI) -> None:
 
     chunks = list(
         client.chat.completions.create(
-            model="chat-model", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+            model="chat-model",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
         )
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -100,7 +103,9 @@ async def _async_calls(client: openai.AsyncOpenAI) -> None:
     completion = await client.chat.completions.create(model="chat-model", messages=MESSAGES)
     assert completion.choices[0].message.content
 
-    stream = await client.chat.completions.create(model="chat-model", messages=MESSAGES, stream=True)
+    stream = await client.chat.completions.create(
+        model="chat-model", messages=MESSAGES, stream=True
+    )
     pieces = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
     assert "".join(pieces).split() == completion_words(12)
 
@@ -109,11 +114,15 @@ async def _async_calls(client: openai.AsyncOpenAI) -> None:
     )
     body = raw.http_response.json()
     # The spec types embeddings as float arrays only; base64 is the documented alternative.
-    assert_valid("CreateEmbeddingResponse", {**body, "data": [{**body["data"][0], "embedding": []}]})
+    assert_valid(
+        "CreateEmbeddingResponse", {**body, "data": [{**body["data"][0], "embedding": []}]}
+    )
     vector = struct.unpack("<8f", base64.b64decode(body["data"][0]["embedding"]))
     assert abs(sum(v * v for v in vector) - 1.0) < 1e-5
     # The SDK decodes base64 itself when asked for it.
-    decoded = await client.embeddings.create(model="embed-model", input="hello", encoding_format="base64")
+    decoded = await client.embeddings.create(
+        model="embed-model", input="hello", encoding_format="base64"
+    )
     assert len(decoded.data[0].embedding) == 8 or isinstance(decoded.data[0].embedding, str)
 
 

@@ -29,7 +29,10 @@ def test_prompt_bound_covers_tokenizers_and_media() -> None:
     assert bound >= prompt_tokens_of(body["messages"])
     with_image = {
         "messages": [
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}],
+            }
         ]
     }
     assert pricing.prompt_token_bound(with_image) >= pricing.PER_IMAGE_TOKENS

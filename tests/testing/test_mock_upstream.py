@@ -11,7 +11,13 @@ import httpx
 import orjson
 import pytest
 
-from enclava.testing.mock_upstream import Directives, MockDrop, Simulator, SimulatorConfig, create_app
+from enclava.testing.mock_upstream import (
+    Directives,
+    MockDrop,
+    Simulator,
+    SimulatorConfig,
+    create_app,
+)
 from enclava.testing.server import free_port
 from tests.specs.openai import assert_valid
 
@@ -40,13 +46,16 @@ async def test_answers_validate_against_openai(mock: tuple[Simulator, httpx.Asyn
         assert_valid("CreateChatCompletionResponse", body)
         assert body["usage"]["completion_tokens"] == 5
         streamed = await client.post(
-            "/v1/chat/completions", json={**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+            "/v1/chat/completions",
+            json={**CHAT, "stream": True, "stream_options": {"include_usage": True}},
         )
         lines = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
         assert lines[-1] == "[DONE]"
         for line in lines[:-1]:
             assert_valid("CreateChatCompletionStreamResponse", orjson.loads(line))
-        embedded = (await client.post("/v1/embeddings", json={"model": "e", "input": ["a", "b"]})).json()
+        embedded = (
+            await client.post("/v1/embeddings", json={"model": "e", "input": ["a", "b"]})
+        ).json()
         assert_valid("CreateEmbeddingResponse", embedded)
         assert_valid("ListModelsResponse", (await client.get("/v1/models")).json())
         assert simulator.total_requests == 3
@@ -56,15 +65,21 @@ async def test_status_then_success_and_scripts(mock: tuple[Simulator, httpx.Asyn
     simulator, client = mock
     async with client:
         flaky = {**CHAT, "model": "mock-chat@status=503x2"}
-        codes = [(await client.post("/v1/chat/completions", json=flaky)).status_code for _ in range(3)]
+        codes = [
+            (await client.post("/v1/chat/completions", json=flaky)).status_code for _ in range(3)
+        ]
         assert codes == [503, 503, 200]
-        await client.post("/_mock/script", json={"model": "mock-chat", "directives": ["status=429", "tokens=2"]})
+        await client.post(
+            "/_mock/script", json={"model": "mock-chat", "directives": ["status=429", "tokens=2"]}
+        )
         limited = await client.post("/v1/chat/completions", json=CHAT)
         assert limited.status_code == 429 and limited.headers["retry-after"] == "0"
         assert limited.json()["error"]["type"] == "rate_limit_error"
         short = (await client.post("/v1/chat/completions", json=CHAT)).json()
         assert short["usage"]["completion_tokens"] == 2
-        header = await client.post("/v1/chat/completions", json=CHAT, headers={"x-mock-directives": "status=500"})
+        header = await client.post(
+            "/v1/chat/completions", json=CHAT, headers={"x-mock-directives": "status=500"}
+        )
         assert header.status_code == 500
         stats = (await client.get("/_mock/stats")).json()
         assert stats["counts"]["/chat/completions mock-chat"] == 3
@@ -94,7 +109,9 @@ def test_cli_serves_the_simulator(tmp_path: Path) -> None:
         deadline = time.monotonic() + 20
         while True:
             try:
-                response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT, timeout=2)
+                response = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT, timeout=2
+                )
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "mock-upstream did not start"

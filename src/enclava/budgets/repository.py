@@ -38,7 +38,9 @@ async def list_budgets(
     return list((await session.execute(query)).scalars())
 
 
-async def get_budget(session: AsyncSession, subject: AuthSubject, budget_id: uuid.UUID) -> Budget | None:
+async def get_budget(
+    session: AsyncSession, subject: AuthSubject, budget_id: uuid.UUID
+) -> Budget | None:
     query = select(Budget).where(Budget.id == budget_id, visible_to(subject))
     return (await session.execute(query)).scalar_one_or_none()
 

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from collections.abc import Callable
-
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, case, func, insert, literal, or_, select, true, update
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -132,9 +130,7 @@ def _current_period_start(now: datetime) -> Any:
     )
 
 
-async def _reserve_pg(
-    engine: AsyncEngine, subject: AuthSubject, amount: int
-) -> Reservation | None:
+async def _reserve_pg(engine: AsyncEngine, subject: AuthSubject, amount: int) -> Reservation | None:
     """Lock the applicable budgets, check them all, add the amount to all: one statement.
 
     Returns ``None`` when the transactional path must decide (a refusal, or a period to roll).
@@ -175,9 +171,7 @@ async def _reserve_pg(
         .returning(Budget.id)
         .cte("reserved")
     )
-    statement = select(
-        fits.c.ok, fits.c.n, select(func.array_agg(reserved.c.id)).scalar_subquery()
-    )
+    statement = select(fits.c.ok, fits.c.n, select(func.array_agg(reserved.c.id)).scalar_subquery())
     async with engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
         row = (await conn.execute(statement)).one()
@@ -225,7 +219,9 @@ async def _reserve_in_transaction(
                             await conn.execute(
                                 update(Budget)
                                 .where(Budget.id == row.id)
-                                .values(spent_nanousd=0, notified_threshold=0, period_started_at=start)
+                                .values(
+                                    spent_nanousd=0, notified_threshold=0, period_started_at=start
+                                )
                             )
                             spent = 0
                         if spent + row.reserved_nanousd > row.limit_nanousd:
@@ -281,7 +277,10 @@ async def settle(
     )
     if engine.dialect.name == "postgresql":
         # One auto-committed statement: the budget rows are locked only while it runs.
-        inserts = [insert(table).values(**values).returning(table.id).cte(f"row_{i}") for i, (table, values) in enumerate(rows)]
+        inserts = [
+            insert(table).values(**values).returning(table.id).cte(f"row_{i}")
+            for i, (table, values) in enumerate(rows)
+        ]
         if reservation.budget_ids:
             settled = charge.cte("settled")
             statement = select(settled).add_cte(*inserts)
@@ -358,7 +357,7 @@ def _usage_rows(
     return rows
 
 
-async def _check_thresholds(conn: AsyncConnection, rows: list[Any]) -> list[ThresholdCrossing]:
+async def _check_thresholds(conn: AsyncConnection, rows: Sequence[Any]) -> list[ThresholdCrossing]:
     crossings = []
     for budget in rows:
         if budget.limit_nanousd <= 0 or not budget.soft_thresholds:
@@ -372,7 +371,7 @@ async def _check_thresholds(conn: AsyncConnection, rows: list[Any]) -> list[Thre
                 .where(Budget.id == budget.id, Budget.notified_threshold < passed[-1])
                 .values(notified_threshold=passed[-1])
             )
-            if result.rowcount:  # type: ignore[attr-defined]
+            if result.rowcount:
                 crossings.append(
                     ThresholdCrossing(
                         budget_id=budget.id,
@@ -560,10 +559,17 @@ async def update_budget(
 
 
 async def delete_budget(session: AsyncSession, subject: AuthSubject, budget_id: uuid.UUID) -> None:
-    from enclava.audit.service import record
     from sqlalchemy import delete
+
+    from enclava.audit.service import record
 
     budget = await get_budget(session, subject, budget_id)
     _check_may_change(subject, budget)
     await session.execute(delete(Budget).where(Budget.id == budget.id))
-    record(session, action="budget.delete", subject=subject, resource_type="budget", resource_id=budget_id)
+    record(
+        session,
+        action="budget.delete",
+        subject=subject,
+        resource_type="budget",
+        resource_id=budget_id,
+    )

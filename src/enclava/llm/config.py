@@ -129,7 +129,9 @@ class LLMConfig(BaseModel):
                 if target is None or fallback == model.id:
                     raise ValueError(f"model {model.id!r}: unknown fallback {fallback!r}")
                 if target.kind != model.kind:
-                    raise ValueError(f"model {model.id!r}: fallback {fallback!r} is a different kind")
+                    raise ValueError(
+                        f"model {model.id!r}: fallback {fallback!r} is a different kind"
+                    )
         return self
 
 
@@ -199,7 +201,9 @@ def load_llm_config(settings: Settings, environ: dict[str, str] | None = None) -
             )
             if not any(m.id == "privatemode-latest" for m in models):
                 models.append(
-                    ModelConfig(id="privatemode-latest", provider="privatemode", upstream_model="latest")
+                    ModelConfig(
+                        id="privatemode-latest", provider="privatemode", upstream_model="latest"
+                    )
                 )
         if not providers:
             providers, models = simulated_defaults()
@@ -211,7 +215,9 @@ def load_llm_config(settings: Settings, environ: dict[str, str] | None = None) -
             p.name == LOCAL_PROVIDER for p in providers
         ):
             providers.append(ProviderConfig(name=LOCAL_PROVIDER, type="local", confidential=True))
-        return LLMConfig(providers=providers, models=models, local_embeddings=config.local_embeddings)
+        return LLMConfig(
+            providers=providers, models=models, local_embeddings=config.local_embeddings
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))

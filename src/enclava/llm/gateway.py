@@ -13,6 +13,7 @@ streamed answers outlive the caller's request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -61,7 +62,9 @@ class ChatResult:
     cached: bool = False
 
     def headers(self) -> dict[str, str]:
-        return cost_headers(self.model, self.provider, self.prompt_tokens, self.completion_tokens, self.cost_nanousd)
+        return cost_headers(
+            self.model, self.provider, self.prompt_tokens, self.completion_tokens, self.cost_nanousd
+        )
 
 
 @dataclass(slots=True)
@@ -76,7 +79,9 @@ class EmbeddingResult:
         return cost_headers(self.model, self.provider, self.prompt_tokens, 0, self.cost_nanousd)
 
 
-def cost_headers(model: str, provider: str, prompt: int, completion: int, cost: int) -> dict[str, str]:
+def cost_headers(
+    model: str, provider: str, prompt: int, completion: int, cost: int
+) -> dict[str, str]:
     return {
         "x-enclava-model": model,
         "x-enclava-provider": provider,
@@ -100,7 +105,9 @@ def _resolve(
 ) -> list[ModelEntry]:
     """The model and its usable fallbacks, in order; raises the client's error otherwise."""
     if scope is not None and not subject.has_scopes(scope):
-        raise PermissionDeniedError(f"This API key lacks the scope: {scope}", code="insufficient_scope")
+        raise PermissionDeniedError(
+            f"This API key lacks the scope: {scope}", code="insufficient_scope"
+        )
     if not isinstance(model_id, str) or not model_id:
         raise BadRequestError("model is required", param="model", code="invalid_request")
     entry = runtime.models.get(model_id)
@@ -110,11 +117,15 @@ def _resolve(
         )
     if entry.kind != kind:
         raise BadRequestError(
-            f"The model '{model_id}' is an {entry.kind} model", param="model", code="wrong_model_kind"
+            f"The model '{model_id}' is an {entry.kind} model",
+            param="model",
+            code="wrong_model_kind",
         )
     if not subject.may_use_model(model_id):
         raise PermissionDeniedError(
-            f"This API key may not use the model '{model_id}'", param="model", code="model_not_allowed"
+            f"This API key may not use the model '{model_id}'",
+            param="model",
+            code="model_not_allowed",
         )
     restricted = confidential_only or subject.confidential_only
     if restricted and not entry.confidential:
@@ -141,16 +152,25 @@ def _int_field(body: dict[str, Any], name: str, low: int, high: int | None = Non
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
         bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise BadRequestError(f"{name} must be an integer {bounds}", param=name, code="invalid_request")
+        raise BadRequestError(
+            f"{name} must be an integer {bounds}", param=name, code="invalid_request"
+        )
     return value
 
 
 def _validate_chat(body: dict[str, Any]) -> None:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise BadRequestError("messages must be a non-empty array", param="messages", code="invalid_request")
+        raise BadRequestError(
+            "messages must be a non-empty array", param="messages", code="invalid_request"
+        )
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise BadRequestError(
@@ -163,13 +183,17 @@ def _validate_chat(body: dict[str, Any]) -> None:
         raise BadRequestError("stream must be a boolean", param="stream", code="invalid_request")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
-        raise BadRequestError("stream_options must be an object", param="stream_options", code="invalid_request")
+        raise BadRequestError(
+            "stream_options must be an object", param="stream_options", code="invalid_request"
+        )
 
 
 # -- the upstream request ---------------------------------------------------------------------
 
 
-def _upstream_body(body: dict[str, Any], entry: ModelEntry, requested_max: int | None, stream: bool) -> dict[str, Any]:
+def _upstream_body(
+    body: dict[str, Any], entry: ModelEntry, requested_max: int | None, stream: bool
+) -> dict[str, Any]:
     upstream = dict(body)
     upstream["model"] = entry.upstream_model
     limit = min(requested_max or entry.max_output_tokens, entry.max_output_tokens)
@@ -185,7 +209,9 @@ def _upstream_body(body: dict[str, Any], entry: ModelEntry, requested_max: int |
     return upstream
 
 
-def _worst_case(body: dict[str, Any], chain: list[ModelEntry], requested_max: int | None, n: int) -> int:
+def _worst_case(
+    body: dict[str, Any], chain: list[ModelEntry], requested_max: int | None, n: int
+) -> int:
     worst = 0
     for entry in chain:
         prompt = pricing.prompt_token_bound(body, entry.context_window)
@@ -194,9 +220,7 @@ def _worst_case(body: dict[str, Any], chain: list[ModelEntry], requested_max: in
     return worst
 
 
-async def _call_with_resilience(
-    chain: list[ModelEntry], call: Any
-) -> tuple[ModelEntry, Any]:
+async def _call_with_resilience(chain: list[ModelEntry], call: Any) -> tuple[ModelEntry, Any]:
     """Run ``call(entry)`` on the first candidate that answers; retries before the first byte.
 
     Raises the AppError to show the client when every candidate failed.
@@ -212,7 +236,9 @@ async def _call_with_resilience(
         attempts = provider.config.max_retries + 1
         for attempt in range(1, attempts + 1):
             if not provider.breaker.allow():
-                last = ProviderError(f"provider {provider.name!r} circuit is open", code="circuit_open", status=503)
+                last = ProviderError(
+                    f"provider {provider.name!r} circuit is open", code="circuit_open", status=503
+                )
                 break
             try:
                 result = await call(entry)
@@ -227,10 +253,17 @@ async def _call_with_resilience(
                     raise _client_error(exc) from None
                 logger.warning(
                     "provider call failed",
-                    extra={"provider": provider.name, "model": entry.id, "code": exc.code, "attempt": attempt},
+                    extra={
+                        "provider": provider.name,
+                        "model": entry.id,
+                        "code": exc.code,
+                        "attempt": attempt,
+                    },
                 )
                 if exc.retryable and attempt < attempts:
-                    await asyncio.sleep(backoff_delay(attempt, provider.config.retry_backoff_s, exc.retry_after_s))
+                    await asyncio.sleep(
+                        backoff_delay(attempt, provider.config.retry_backoff_s, exc.retry_after_s)
+                    )
                     continue
                 break
             provider.breaker.record_success()
@@ -244,7 +277,9 @@ def _client_error(exc: ProviderError) -> AppError:
     if status in (400, 413, 422):
         return BadRequestError(exc.message, code=exc.code)
     if status == 429:
-        return RateLimitError("The upstream provider is rate limiting; retry later", code="upstream_rate_limited")
+        return RateLimitError(
+            "The upstream provider is rate limiting; retry later", code="upstream_rate_limited"
+        )
     if exc.code in ("circuit_open", "manifest_mismatch", "manifest_unavailable"):
         return ServiceUnavailableError(exc.message, code=exc.code)
     if exc.code == "upstream_timeout":
@@ -308,7 +343,9 @@ def _usage_tokens(usage: Any) -> tuple[int, int] | None:
     return max(0, prompt), max(0, completion)
 
 
-def _charge(entry: ModelEntry, reservation: Reservation | None, prompt: int, completion: int) -> int:
+def _charge(
+    entry: ModelEntry, reservation: Reservation | None, prompt: int, completion: int
+) -> int:
     cost = entry.price.cost(prompt, completion)
     if reservation is not None and cost > reservation.amount_nanousd:
         # Only a misreporting upstream gets here: the bound makes it impossible otherwise.
@@ -344,10 +381,19 @@ async def chat_completion(
     """
     runtime = get_runtime(state)
     _validate_chat(body)
-    chain = _resolve(runtime, subject, body.get("model"), "chat", scope=scope, confidential_only=confidential_only)
+    chain = _resolve(
+        runtime,
+        subject,
+        body.get("model"),
+        "chat",
+        scope=scope,
+        confidential_only=confidential_only,
+    )
     stream = bool(body.get("stream"))
     n = _int_field(body, "n", 1, MAX_N) or 1
-    requested_max = _int_field(body, "max_completion_tokens", 1) or _int_field(body, "max_tokens", 1)
+    requested_max = _int_field(body, "max_completion_tokens", 1) or _int_field(
+        body, "max_tokens", 1
+    )
     request_id = request_id_var.get()
     started = time.perf_counter()
 
@@ -362,11 +408,19 @@ async def chat_completion(
                 subject,
                 None,
                 0,
-                UsageData(endpoint=endpoint, model=primary.id, provider=primary.provider.name, status="cached", request_id=request_id),
+                UsageData(
+                    endpoint=endpoint,
+                    model=primary.id,
+                    provider=primary.provider.name,
+                    status="cached",
+                    request_id=request_id,
+                ),
             )
             return ChatResult(cached, primary.id, primary.provider.name, 0, 0, 0, cached=True)
 
-    reservation = await budgets.reserve(state.session_factory, subject, _worst_case(body, chain, requested_max, n))
+    reservation = await budgets.reserve(
+        state.session_factory, subject, _worst_case(body, chain, requested_max, n)
+    )
 
     async def call(entry: ModelEntry) -> Any:
         upstream = _upstream_body(body, entry, requested_max, stream)
@@ -376,7 +430,9 @@ async def chat_completion(
         try:
             first = await iterator.__anext__()
         except StopAsyncIteration:
-            raise ProviderError("upstream sent an empty stream", code="upstream_disconnected", retryable=True) from None
+            raise ProviderError(
+                "upstream sent an empty stream", code="upstream_disconnected", retryable=True
+            ) from None
         except ProviderError as exc:
             # Nothing reached the client yet, so a broken start can be retried.
             exc.retryable = True
@@ -409,7 +465,16 @@ async def chat_completion(
             subject,
             reservation,
             0,
-            UsageData(endpoint=endpoint, model=primary.id, provider=primary.provider.name, status="cancelled", error_code="cancelled", latency_ms=_ms(started), streamed=stream, request_id=request_id),
+            UsageData(
+                endpoint=endpoint,
+                model=primary.id,
+                provider=primary.provider.name,
+                status="cancelled",
+                error_code="cancelled",
+                latency_ms=_ms(started),
+                streamed=stream,
+                request_id=request_id,
+            ),
         )
         raise
 
@@ -433,14 +498,25 @@ async def chat_completion(
     tokens = _usage_tokens(response.get("usage"))
     estimated = tokens is None
     if tokens is None:
-        text = sum(len(str((c.get("message") or {}).get("content") or "")) for c in response.get("choices") or [] if isinstance(c, dict))
-        tokens = (pricing.estimate_tokens(len(orjson.dumps(body.get("messages")))), pricing.estimate_tokens(text))
+        text = sum(
+            len(str((c.get("message") or {}).get("content") or ""))
+            for c in response.get("choices") or []
+            if isinstance(c, dict)
+        )
+        tokens = (
+            pricing.estimate_tokens(len(orjson.dumps(body.get("messages")))),
+            pricing.estimate_tokens(text),
+        )
     prompt_tokens, completion_tokens = tokens
     cost = _charge(entry, reservation, prompt_tokens, completion_tokens)
     response["model"] = entry.id
     usage_body = response.get("usage") if isinstance(response.get("usage"), dict) else None
     if usage_body is None:
-        usage_body = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+        usage_body = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
         response["usage"] = usage_body
     usage_body["cost_usd"] = pricing.usd(cost)
     await _settle(
@@ -462,7 +538,9 @@ async def chat_completion(
     )
     if cache_key is not None and entry is primary:
         await state.cache.set(cache_key, response, ttl_s=primary.response_cache_ttl_s)
-    return ChatResult(response, entry.id, entry.provider.name, prompt_tokens, completion_tokens, cost)
+    return ChatResult(
+        response, entry.id, entry.provider.name, prompt_tokens, completion_tokens, cost
+    )
 
 
 def _cache_key(subject: AuthSubject, body: dict[str, Any]) -> str:
@@ -611,7 +689,9 @@ class ChatStream:
             return
         self._settled = True
         self.prompt_tokens, self.completion_tokens = self._estimate()
-        self.cost_nanousd = _charge(self.entry, self.reservation, self.prompt_tokens, self.completion_tokens)
+        self.cost_nanousd = _charge(
+            self.entry, self.reservation, self.prompt_tokens, self.completion_tokens
+        )
         usage = UsageData(
             endpoint=self._endpoint,
             model=self.model,
@@ -637,10 +717,8 @@ class ChatStream:
         async def close_and_settle() -> None:
             aclose = getattr(self._upstream, "aclose", None)
             if aclose is not None:
-                try:
+                with contextlib.suppress(ProviderError, RuntimeError):
                     await aclose()
-                except (ProviderError, RuntimeError):
-                    pass
             await self._finish("cancelled", "client_disconnected")
 
         task = asyncio.get_running_loop().create_task(close_and_settle())
@@ -663,23 +741,42 @@ async def embeddings(
     """Run one metered embeddings call (OpenAI request: ``input`` string or list, optional
     ``encoding_format`` float or base64). Same policy, budget and settlement as chat."""
     runtime = get_runtime(state)
-    chain = _resolve(runtime, subject, body.get("model"), "embedding", scope=scope, confidential_only=confidential_only)
+    chain = _resolve(
+        runtime,
+        subject,
+        body.get("model"),
+        "embedding",
+        scope=scope,
+        confidential_only=confidential_only,
+    )
     raw = body.get("input")
     if isinstance(raw, str):
         inputs: list[Any] = [raw]
     elif isinstance(raw, list) and raw:
         inputs = [raw] if all(isinstance(x, int) and not isinstance(x, bool) for x in raw) else raw
     else:
-        raise BadRequestError("input must be a string or a non-empty array", param="input", code="invalid_request")
+        raise BadRequestError(
+            "input must be a string or a non-empty array", param="input", code="invalid_request"
+        )
     for item in inputs:
         valid_tokens = isinstance(item, list) and item and all(isinstance(x, int) for x in item)
         if not (isinstance(item, str) and item) and not valid_tokens:
-            raise BadRequestError("input items must be non-empty strings or token arrays", param="input", code="invalid_request")
+            raise BadRequestError(
+                "input items must be non-empty strings or token arrays",
+                param="input",
+                code="invalid_request",
+            )
     if len(inputs) > 2048:
-        raise BadRequestError("input has more than 2048 items", param="input", code="invalid_request")
+        raise BadRequestError(
+            "input has more than 2048 items", param="input", code="invalid_request"
+        )
     encoding = body.get("encoding_format", "float")
     if encoding not in ("float", "base64"):
-        raise BadRequestError("encoding_format must be float or base64", param="encoding_format", code="invalid_request")
+        raise BadRequestError(
+            "encoding_format must be float or base64",
+            param="encoding_format",
+            code="invalid_request",
+        )
     request_id = request_id_var.get()
     started = time.perf_counter()
     bound = pricing.embedding_token_bound(inputs)
@@ -704,21 +801,45 @@ async def embeddings(
             subject,
             reservation,
             0,
-            UsageData(endpoint=endpoint, model=primary.id, provider=primary.provider.name, status="error" if isinstance(exc, AppError) else "cancelled", error_code=code, latency_ms=_ms(started), request_id=request_id),
+            UsageData(
+                endpoint=endpoint,
+                model=primary.id,
+                provider=primary.provider.name,
+                status="error" if isinstance(exc, AppError) else "cancelled",
+                error_code=code,
+                latency_ms=_ms(started),
+                request_id=request_id,
+            ),
         )
         raise
     tokens = _usage_tokens(response.get("usage"))
-    prompt_tokens = tokens[0] if tokens else pricing.estimate_tokens(sum(len(str(i)) for i in inputs))
+    prompt_tokens = (
+        tokens[0] if tokens else pricing.estimate_tokens(sum(len(str(i)) for i in inputs))
+    )
     cost = _charge(entry, reservation, prompt_tokens, 0)
     response["model"] = entry.id
     usage_body = response.get("usage") if isinstance(response.get("usage"), dict) else {}
-    usage_body.update({"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens, "cost_usd": pricing.usd(cost)})
+    usage_body.update(
+        {
+            "prompt_tokens": prompt_tokens,
+            "total_tokens": prompt_tokens,
+            "cost_usd": pricing.usd(cost),
+        }
+    )
     response["usage"] = usage_body
     await _settle(
         state,
         subject,
         reservation,
         cost,
-        UsageData(endpoint=endpoint, model=entry.id, provider=entry.provider.name, status="success", prompt_tokens=prompt_tokens, latency_ms=_ms(started), request_id=request_id),
+        UsageData(
+            endpoint=endpoint,
+            model=entry.id,
+            provider=entry.provider.name,
+            status="success",
+            prompt_tokens=prompt_tokens,
+            latency_ms=_ms(started),
+            request_id=request_id,
+        ),
     )
     return EmbeddingResult(response, entry.id, entry.provider.name, prompt_tokens, cost)

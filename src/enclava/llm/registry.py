@@ -69,7 +69,11 @@ class LLMRuntime:
             elif provider_config.type == "openai":
                 provider = HttpProvider(provider_config)
             elif provider_config.type == "simulated":
-                names = [m.upstream_model or m.id for m in config.models if m.provider == provider_config.name]
+                names = [
+                    m.upstream_model or m.id
+                    for m in config.models
+                    if m.provider == provider_config.name
+                ]
                 provider = SimulatedProvider(provider_config, names)
             else:
                 if self.embedder is None:

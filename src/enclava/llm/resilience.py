@@ -102,7 +102,9 @@ class CircuitBreaker:
         }
 
 
-def backoff_delay(attempt: int, base_s: float, retry_after_s: float | None, cap_s: float = 8.0) -> float:
+def backoff_delay(
+    attempt: int, base_s: float, retry_after_s: float | None, cap_s: float = 8.0
+) -> float:
     """Exponential backoff (attempt 1, 2, ...), honouring a short ``Retry-After``."""
     delay = min(cap_s, base_s * (2 ** (attempt - 1)))
     if retry_after_s is not None:

@@ -31,7 +31,9 @@ ModelsSubject = Annotated[AuthSubject, Depends(require_scopes("llm.models"))]
 _JSON_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}},
+        "content": {
+            "application/json": {"schema": {"type": "object", "additionalProperties": True}}
+        },
     }
 }
 
@@ -80,7 +82,12 @@ async def _events(stream: ChatStream) -> AsyncIterator[bytes]:
         async for chunk in stream:
             yield b"data: " + orjson.dumps(chunk) + b"\n\n"
     except AppError as exc:
-        error = {"message": exc.message, "type": exc.openai_type, "param": exc.param, "code": exc.code}
+        error = {
+            "message": exc.message,
+            "type": exc.openai_type,
+            "param": exc.param,
+            "code": exc.code,
+        }
         yield b"data: " + orjson.dumps({"error": error}) + b"\n\n"
         return
     yield b"data: [DONE]\n\n"
@@ -97,7 +104,9 @@ async def chat_completions(request: Request, session: DbSession, subject: ChatSu
 
 
 @router.post("/embeddings", openapi_extra=_JSON_BODY, summary="Create embeddings")
-async def create_embeddings(request: Request, session: DbSession, subject: EmbeddingsSubject) -> Response:
+async def create_embeddings(
+    request: Request, session: DbSession, subject: EmbeddingsSubject
+) -> Response:
     body = await _json_body(request)
     await session.commit()
     result = await gateway.embeddings(app_state(request), subject, body)
@@ -111,12 +120,16 @@ async def list_models(request: Request, session: DbSession, subject: ModelsSubje
 
 
 @router.get("/models/{model_id:path}", summary="Retrieve a model")
-async def get_model(request: Request, session: DbSession, subject: ModelsSubject, model_id: str) -> Response:
+async def get_model(
+    request: Request, session: DbSession, subject: ModelsSubject, model_id: str
+) -> Response:
     await session.commit()
     return _json(await service.get_model(app_state(request), subject, model_id))
 
 
 @router.get("/llm/providers/status", summary="Provider health, circuits and attestation manifest")
-async def providers_status(request: Request, session: DbSession, subject: ApiKeySubject) -> Response:
+async def providers_status(
+    request: Request, session: DbSession, subject: ApiKeySubject
+) -> Response:
     await session.commit()
     return _json(await service.provider_status(app_state(request), subject))

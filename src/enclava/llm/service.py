@@ -86,7 +86,9 @@ async def get_model(state: AppState, subject: AuthSubject, model_id: str) -> dic
     runtime = get_runtime(state)
     entry = runtime.models.get(model_id)
     if entry is None or not _visible(entry, subject):
-        raise NotFoundError(f"The model '{model_id}' does not exist", param="model", code="model_not_found")
+        raise NotFoundError(
+            f"The model '{model_id}' does not exist", param="model", code="model_not_found"
+        )
     upstream = await upstream_models(state, entry.provider)
     return _model_object(entry, runtime.created, upstream)
 

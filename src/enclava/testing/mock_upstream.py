@@ -38,10 +38,35 @@ from typing import Any
 
 import orjson
 
-WORDS = (
-    "This is a simulated response from the Enclava mock upstream; it carries no model output "
-    "and exists so that clients, budgets and dashboards can be exercised offline."
-).split()
+WORDS = [
+    "This",
+    "is",
+    "a",
+    "simulated",
+    "response",
+    "from",
+    "the",
+    "Enclava",
+    "mock",
+    "upstream;",
+    "it",
+    "carries",
+    "no",
+    "model",
+    "output",
+    "and",
+    "exists",
+    "so",
+    "that",
+    "clients,",
+    "budgets",
+    "and",
+    "dashboards",
+    "can",
+    "be",
+    "exercised",
+    "offline.",
+]
 TIMEOUT_SLEEP_S = 3600.0
 
 
@@ -121,9 +146,7 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(
-            str(part.get("text", "")) for part in content if isinstance(part, dict)
-        )
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
     return ""
 
 
@@ -317,13 +340,16 @@ class Simulator:
 
         for index in range(n):
             delta = {"role": "assistant", "content": ""}
-            yield await emit(
-                {"choices": [{"index": index, "delta": delta, "finish_reason": None}]}
-            )
+            yield await emit({"choices": [{"index": index, "delta": delta, "finish_reason": None}]})
         tool_call = self._wants_tool_call(body)
         if tool_call:
             for index in range(n):
-                call = {"index": 0, "id": f"call_{index}", "type": "function", "function": tool_call}
+                call = {
+                    "index": 0,
+                    "id": f"call_{index}",
+                    "type": "function",
+                    "function": tool_call,
+                }
                 yield await emit(
                     {
                         "choices": [
@@ -418,7 +444,9 @@ async def _read_body(receive: Any) -> bytes:
             return b"".join(chunks)
 
 
-async def _send_json(send: Any, status: int, payload: Any, headers: list[Any] | None = None) -> None:
+async def _send_json(
+    send: Any, status: int, payload: Any, headers: list[Any] | None = None
+) -> None:
     body = orjson.dumps(payload)
     await send(
         {
@@ -479,6 +507,7 @@ def create_app(simulator: Simulator | None = None) -> Any:
         sim.record(path, body, headers)
         model = str(body.get("model", ""))
         directives = sim.directives(model, headers.get("x-mock-directives"))
+
         async def disconnected() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass

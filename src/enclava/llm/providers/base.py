@@ -23,13 +23,13 @@ class Provider(ABC):
         self.confidential = config.is_confidential
         self.breaker = CircuitBreaker(config.circuit_failure_threshold, config.circuit_reset_s)
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook
         """Open pooled resources (called once in the lifespan)."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Close pooled resources."""
 
-    def check_ready(self) -> None:
+    def check_ready(self) -> None:  # noqa: B027 - optional hook
         """Raise ``ProviderError`` when the provider must not be used now (e.g. manifest pin)."""
 
     @abstractmethod

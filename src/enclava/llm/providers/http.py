@@ -117,7 +117,7 @@ class HttpProvider(Provider):
                     raise status_error(resp.status, raw, resp.headers)
         except ProviderError:
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise transport_error(exc) from None
         try:
             payload = orjson.loads(raw)
@@ -135,13 +135,15 @@ class HttpProvider(Provider):
 
     async def chat_stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         try:
-            resp = await self.session.post(self.base_url + "/chat/completions", data=orjson.dumps(body))
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            resp = await self.session.post(
+                self.base_url + "/chat/completions", data=orjson.dumps(body)
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise transport_error(exc) from None
         if resp.status != 200:
             try:
                 raw = await resp.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 raw = b""
             finally:
                 resp.release()
@@ -156,13 +158,15 @@ class HttpProvider(Provider):
                     raise status_error(resp.status, raw, resp.headers)
         except ProviderError:
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise transport_error(exc) from None
         try:
             payload = orjson.loads(raw)
             return [str(item["id"]) for item in payload.get("data", [])]
         except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
-            raise ProviderError("upstream sent an invalid model list", code="upstream_invalid") from None
+            raise ProviderError(
+                "upstream sent an invalid model list", code="upstream_invalid"
+            ) from None
 
 
 async def _sse_chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
@@ -179,7 +183,9 @@ async def _sse_chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, A
             try:
                 chunk = orjson.loads(data)
             except orjson.JSONDecodeError:
-                raise ProviderError("upstream sent an invalid stream chunk", code="upstream_invalid") from None
+                raise ProviderError(
+                    "upstream sent an invalid stream chunk", code="upstream_invalid"
+                ) from None
             if isinstance(chunk, dict) and isinstance(chunk.get("error"), dict):
                 raise ProviderError(
                     str(chunk["error"].get("message") or "upstream stream error"),
@@ -189,7 +195,7 @@ async def _sse_chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, A
             yield chunk
         if not done:
             raise ProviderError("upstream ended the stream early", code="upstream_disconnected")
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         error = transport_error(exc)
         raise ProviderError(error.message, code=error.code) from None
     finally:

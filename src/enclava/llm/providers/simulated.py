@@ -34,7 +34,7 @@ class SimulatedProvider(Provider):
 
     def __init__(self, config: ProviderConfig, models: list[str]) -> None:
         super().__init__(config)
-        settings = {"models": models, "owned_by": OWNED_BY, "record_requests": 0}
+        settings: dict[str, Any] = {"models": models, "owned_by": OWNED_BY, "record_requests": 0}
         settings.update(config.simulator)
         self.simulator = Simulator(SimulatorConfig(**settings))
 
@@ -46,7 +46,9 @@ class SimulatedProvider(Provider):
         except MockFault as fault:
             raise _fault(fault) from None
         except MockDrop:
-            raise ProviderError("upstream closed the connection", code="upstream_disconnected") from None
+            raise ProviderError(
+                "upstream closed the connection", code="upstream_disconnected"
+            ) from None
         if directives.drop_after == 0 and not body.get("stream"):
             raise ProviderError("upstream closed the connection", code="upstream_disconnected")
         return directives
@@ -64,7 +66,9 @@ class SimulatedProvider(Provider):
             async for chunk in self.simulator.chat_stream(body, directives):
                 yield chunk
         except MockDrop:
-            raise ProviderError("upstream closed the connection", code="upstream_disconnected") from None
+            raise ProviderError(
+                "upstream closed the connection", code="upstream_disconnected"
+            ) from None
 
     async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         directives = await self._prepare(body)
