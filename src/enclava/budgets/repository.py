@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import or_, select, true
+from sqlalchemy import (
+    BigInteger,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enclava.auth.subject import AuthSubject
-from enclava.models import ApiKey, Budget
+from enclava.budgets.periods import PERIODS, period_start
+from enclava.models import ApiKey, AuditLog, Budget, UsageRecord
+from enclava.models.base import UTCDateTime
 
 
 def visible_to(subject: AuthSubject) -> Any:
@@ -47,3 +62,202 @@ async def get_budget(
 
 async def get_key(session: AsyncSession, key_id: uuid.UUID) -> ApiKey | None:
     return await session.get(ApiKey, key_id)
+
+
+# -- the metered hot path ----------------------------------------------------------------------
+# Statements are built once with bind parameters and reused, so SQLAlchemy neither rebuilds
+# them nor recomputes their cache keys on every LLM call.
+
+_RESERVE_COLUMNS = (
+    Budget.id,
+    Budget.period,
+    Budget.period_started_at,
+    Budget.spent_nanousd,
+    Budget.reserved_nanousd,
+    Budget.limit_nanousd,
+)
+CHARGE_COLUMNS = (
+    Budget.id,
+    Budget.spent_nanousd,
+    Budget.limit_nanousd,
+    Budget.soft_thresholds,
+    Budget.notified_threshold,
+    Budget.user_id,
+    Budget.api_key_id,
+)
+_USAGE_COLUMNS = (
+    "id",
+    "created_at",
+    "user_id",
+    "api_key_id",
+    "request_id",
+    "endpoint",
+    "model",
+    "provider",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_nanousd",
+    "latency_ms",
+    "status",
+    "error_code",
+    "streamed",
+)
+_AUDIT_COLUMNS = (
+    "id",
+    "created_at",
+    "user_id",
+    "api_key_id",
+    "action",
+    "resource_type",
+    "resource_id",
+    "details",
+    "success",
+    "request_id",
+)
+
+
+def _owner(with_key: bool) -> Any:
+    clause = Budget.user_id == bindparam("owner_user_id")
+    if with_key:
+        clause = or_(clause, Budget.api_key_id == bindparam("owner_api_key_id"))
+    return and_(Budget.is_active.is_(True), clause)
+
+
+def owner_params(user_id: uuid.UUID, api_key_id: uuid.UUID | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"owner_user_id": user_id}
+    if api_key_id is not None:
+        params["owner_api_key_id"] = api_key_id
+    return params
+
+
+def period_params(now: datetime) -> dict[str, Any]:
+    return {f"start_{p}": period_start(p, now) for p in PERIODS}
+
+
+def _current_period_start() -> Any:
+    return case(
+        *(
+            (Budget.period == p, bindparam(f"start_{p}", type_=UTCDateTime()))
+            for p in PERIODS
+            if p != "total"
+        ),
+        else_=bindparam("start_total", type_=UTCDateTime()),
+    )
+
+
+@cache
+def reserve_in_one_statement(with_key: bool) -> Any:
+    """PostgreSQL: lock the applicable budgets, check them all, add ``amount`` to all.
+
+    Returns one row ``(ok, n, ids)``: ``ok`` is false when any budget would go over its limit
+    or has a period to roll over (nothing was changed then)."""
+    amount = bindparam("amount", type_=BigInteger())
+    candidates = (
+        select(
+            Budget.id,
+            Budget.spent_nanousd,
+            Budget.reserved_nanousd,
+            Budget.limit_nanousd,
+            (Budget.period_started_at >= _current_period_start()).label("current"),
+        )
+        .where(_owner(with_key))
+        .with_for_update()
+        .cte("candidates")
+    )
+    fits = (
+        select(
+            func.coalesce(
+                func.bool_and(
+                    and_(
+                        candidates.c.spent_nanousd + candidates.c.reserved_nanousd + amount
+                        <= candidates.c.limit_nanousd,
+                        candidates.c.current,
+                    )
+                ),
+                true(),
+            ).label("ok"),
+            func.count().label("n"),
+        )
+        .select_from(candidates)
+        .cte("fits")
+    )
+    reserved = (
+        update(Budget)
+        .where(Budget.id.in_(select(candidates.c.id)), select(fits.c.ok).scalar_subquery())
+        .values(reserved_nanousd=Budget.reserved_nanousd + amount)
+        .returning(Budget.id)
+        .cte("reserved")
+    )
+    return select(fits.c.ok, fits.c.n, select(func.array_agg(reserved.c.id)).scalar_subquery())
+
+
+@cache
+def add_reservation(with_key: bool) -> Any:
+    """Add ``amount`` to every applicable budget; returns the new totals to check."""
+    return (
+        update(Budget)
+        .where(_owner(with_key))
+        .values(reserved_nanousd=Budget.reserved_nanousd + bindparam("amount", type_=BigInteger()))
+        .returning(*_RESERVE_COLUMNS)
+    )
+
+
+@cache
+def roll_period() -> Any:
+    return (
+        update(Budget)
+        .where(Budget.id == bindparam("budget_id"))
+        .values(
+            spent_nanousd=0,
+            notified_threshold=0,
+            period_started_at=bindparam("start", type_=UTCDateTime()),
+        )
+    )
+
+
+@cache
+def charge() -> Any:
+    """Release ``reserved`` and add ``cost`` on the reservation's budgets."""
+    return (
+        update(Budget)
+        .where(Budget.id.in_(bindparam("budget_ids", expanding=True)))
+        .values(
+            reserved_nanousd=Budget.reserved_nanousd - bindparam("reserved", type_=BigInteger()),
+            spent_nanousd=Budget.spent_nanousd + bindparam("cost", type_=BigInteger()),
+        )
+        .returning(*CHARGE_COLUMNS)
+    )
+
+
+def _insert(table: Any, columns: tuple[str, ...], prefix: str) -> Any:
+    return insert(table).values(
+        {name: bindparam(f"{prefix}{name}", type_=table.__table__.c[name].type) for name in columns}
+    )
+
+
+@cache
+def insert_usage() -> Any:
+    return _insert(UsageRecord, _USAGE_COLUMNS, "u_")
+
+
+@cache
+def insert_audit() -> Any:
+    return _insert(AuditLog, _AUDIT_COLUMNS, "a_")
+
+
+@cache
+def settle_in_one_statement(with_budgets: bool, with_audit: bool) -> Any:
+    """PostgreSQL: charge the budgets and insert the usage (and audit) rows in one statement;
+    returns the charged budgets' rows."""
+    inserts = [insert_usage().returning(UsageRecord.id).cte("usage_row")]
+    if with_audit:
+        inserts.append(insert_audit().returning(AuditLog.id).cte("audit_row"))
+    if with_budgets:
+        charged = charge().cte("charged")
+        return select(charged).add_cte(*inserts)
+    return select(inserts[0].c.id).add_cte(*inserts[1:])
+
+
+def row_params(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}{name}": value for name, value in values.items()}

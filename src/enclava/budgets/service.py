@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, insert, literal, or_, select, true, update
+from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from enclava.auth.subject import AuthSubject
+from enclava.budgets import repository
 from enclava.budgets.periods import PERIODS, period_start
 from enclava.db import SessionFactory
 from enclava.errors import (
@@ -35,8 +36,7 @@ from enclava.errors import (
 )
 from enclava.kit.logging import request_id_var
 from enclava.kit.time import utcnow
-from enclava.models import AuditLog, Budget, UsageRecord
-from enclava.models.base import UTCDateTime
+from enclava.models import Budget
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +80,6 @@ class UsageData:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _owner_filter(subject: AuthSubject) -> Any:
-    clauses = [Budget.user_id == subject.user_id]
-    if subject.api_key is not None:
-        clauses.append(Budget.api_key_id == subject.api_key.id)
-    return or_(*clauses)
-
-
 class _Rollback(Exception):
     """Leaves a reservation transaction without committing it."""
 
@@ -97,149 +90,78 @@ def _engine(factory: SessionFactory) -> AsyncEngine:
     return engine
 
 
+def _unavailable(exc: Exception) -> ServiceUnavailableError:
+    logger.error("budget store unreachable", extra={"error": type(exc).__name__})
+    return ServiceUnavailableError(
+        "Budget store unavailable; request refused", code="budget_store_unavailable"
+    )
+
+
 async def reserve(
     factory: SessionFactory, subject: AuthSubject, amount_nanousd: int
 ) -> Reservation:
     """Hold ``amount_nanousd`` on every budget that applies, or raise ``QuotaExceededError``.
 
-    On PostgreSQL the common case is one auto-committed statement (``_reserve_pg``), so budget
-    rows stay locked only while the statement runs, not across the event loop's scheduling
-    gaps between statements; refusals and period rollovers take the transactional path below.
+    On PostgreSQL the common case is one auto-committed statement, so budget rows stay locked
+    only while it runs, not across the event loop's scheduling gaps between statements;
+    refusals and period rollovers take the transactional path (``_reserve_in_transaction``).
     """
     if amount_nanousd < 0:
         raise ValueError("reservation amount must not be negative")
     engine = _engine(factory)
-    if engine.dialect.name == "postgresql":
-        try:
-            fast = await _reserve_pg(engine, subject, amount_nanousd)
-        except (OperationalError, DBAPIError, OSError) as exc:
-            logger.error("budget store unreachable", extra={"error": type(exc).__name__})
-            raise ServiceUnavailableError(
-                "Budget store unavailable; request refused", code="budget_store_unavailable"
-            ) from exc
-        if fast is not None:
-            return fast
-    return await _reserve_in_transaction(engine, subject, amount_nanousd)
-
-
-def _current_period_start(now: datetime) -> Any:
-    starts = {p: period_start(p, now) for p in PERIODS}
-    return case(
-        *((Budget.period == p, literal(starts[p], UTCDateTime())) for p in PERIODS if p != "total"),
-        else_=literal(starts["total"], UTCDateTime()),
-    )
-
-
-async def _reserve_pg(engine: AsyncEngine, subject: AuthSubject, amount: int) -> Reservation | None:
-    """Lock the applicable budgets, check them all, add the amount to all: one statement.
-
-    Returns ``None`` when the transactional path must decide (a refusal, or a period to roll).
-    """
-    candidates = (
-        select(
-            Budget.id,
-            Budget.spent_nanousd,
-            Budget.reserved_nanousd,
-            Budget.limit_nanousd,
-            (Budget.period_started_at >= _current_period_start(utcnow())).label("current"),
+    api_key_id = subject.api_key.id if subject.api_key else None
+    params = {
+        **repository.owner_params(subject.user_id, api_key_id),
+        "amount": amount_nanousd,
+    }
+    try:
+        if engine.dialect.name == "postgresql":
+            statement = repository.reserve_in_one_statement(api_key_id is not None)
+            async with engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                ok, _, ids = (
+                    await conn.execute(statement, {**params, **repository.period_params(utcnow())})
+                ).one()
+            if ok:
+                return Reservation(tuple(ids or ()), amount_nanousd)
+        reservation = await _reserve_in_transaction(engine, api_key_id is not None, params)
+    except (OperationalError, DBAPIError, OSError) as exc:
+        raise _unavailable(exc) from exc
+    if reservation is None:
+        raise QuotaExceededError(
+            "Budget exhausted: this request could cost more than the remaining budget",
+            code="insufficient_quota",
         )
-        .where(Budget.is_active.is_(True), _owner_filter(subject))
-        .with_for_update()
-        .cte("candidates")
-    )
-    fits = (
-        select(
-            func.coalesce(
-                func.bool_and(
-                    and_(
-                        candidates.c.spent_nanousd + candidates.c.reserved_nanousd + amount
-                        <= candidates.c.limit_nanousd,
-                        candidates.c.current,
-                    )
-                ),
-                true(),
-            ).label("ok"),
-            func.count().label("n"),
-        )
-        .select_from(candidates)
-        .cte("fits")
-    )
-    reserved = (
-        update(Budget)
-        .where(Budget.id.in_(select(candidates.c.id)), select(fits.c.ok).scalar_subquery())
-        .values(reserved_nanousd=Budget.reserved_nanousd + amount)
-        .returning(Budget.id)
-        .cte("reserved")
-    )
-    statement = select(fits.c.ok, fits.c.n, select(func.array_agg(reserved.c.id)).scalar_subquery())
-    async with engine.connect() as conn:
-        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        row = (await conn.execute(statement)).one()
-    if not row[0]:
-        return None
-    return Reservation(tuple(row[2] or ()), amount)
+    return reservation
 
 
 async def _reserve_in_transaction(
-    engine: AsyncEngine, subject: AuthSubject, amount_nanousd: int
-) -> Reservation:
-    """One statement: add the amount to every applicable budget and return the new totals; if any
-    budget would then be over its limit, roll the transaction back. The UPDATE holds the rows'
-    locks until commit or rollback (PostgreSQL; SQLite has a single writer), so concurrent
-    reservations see each other's amounts and no interleaving can overspend.
-    """
-    refused = False
-    try:
-        async with engine.connect() as conn:
-            try:
-                async with conn.begin():
-                    rows = (
+    engine: AsyncEngine, with_key: bool, params: dict[str, Any]
+) -> Reservation | None:
+    """Add the amount to every applicable budget and commit only if all stay within their
+    limits (rolling over ended periods first); ``None`` when refused."""
+    amount = params["amount"]
+    async with engine.connect() as conn:
+        try:
+            async with conn.begin():
+                rows = (await conn.execute(repository.add_reservation(with_key), params)).all()
+                now = utcnow()
+                refused = False
+                for row in rows:
+                    spent = row.spent_nanousd
+                    start = period_start(row.period, now)
+                    if row.period_started_at < start:
+                        # The period ended: start a new one (in-flight reservations carry over).
                         await conn.execute(
-                            update(Budget)
-                            .where(Budget.is_active.is_(True), _owner_filter(subject))
-                            .values(reserved_nanousd=Budget.reserved_nanousd + amount_nanousd)
-                            .returning(
-                                Budget.id,
-                                Budget.period,
-                                Budget.period_started_at,
-                                Budget.spent_nanousd,
-                                Budget.reserved_nanousd,
-                                Budget.limit_nanousd,
-                            )
+                            repository.roll_period(), {"budget_id": row.id, "start": start}
                         )
-                    ).all()
-                    if not rows:
-                        return Reservation((), amount_nanousd)
-                    now = utcnow()
-                    for row in rows:
-                        spent = row.spent_nanousd
-                        start = period_start(row.period, now)
-                        if row.period_started_at < start:
-                            # The period ended: start a new one (in-flight reservations carry over).
-                            await conn.execute(
-                                update(Budget)
-                                .where(Budget.id == row.id)
-                                .values(
-                                    spent_nanousd=0, notified_threshold=0, period_started_at=start
-                                )
-                            )
-                            spent = 0
-                        if spent + row.reserved_nanousd > row.limit_nanousd:
-                            refused = True
-                    if refused:
-                        raise _Rollback()
-                    return Reservation(tuple(r.id for r in rows), amount_nanousd)
-            except _Rollback:
-                pass
-    except (OperationalError, DBAPIError, OSError) as exc:
-        logger.error("budget store unreachable", extra={"error": type(exc).__name__})
-        raise ServiceUnavailableError(
-            "Budget store unavailable; request refused", code="budget_store_unavailable"
-        ) from exc
-    raise QuotaExceededError(
-        "Budget exhausted: this request could cost more than the remaining budget",
-        code="insufficient_quota",
-    )
+                        spent = 0
+                    refused = refused or spent + row.reserved_nanousd > row.limit_nanousd
+                if refused:
+                    raise _Rollback()
+                return Reservation(tuple(r.id for r in rows), amount)
+        except _Rollback:
+            return None
 
 
 async def settle(
@@ -256,105 +178,88 @@ async def settle(
     if cost_nanousd < 0:
         raise ValueError("cost must not be negative")
     api_key_id = subject.api_key.id if subject.api_key else None
-    rows = _usage_rows(subject, api_key_id, cost_nanousd, usage, audit)
-    engine = _engine(factory)
-    charge = (
-        update(Budget)
-        .where(Budget.id.in_(reservation.budget_ids))
-        .values(
-            reserved_nanousd=Budget.reserved_nanousd - reservation.amount_nanousd,
-            spent_nanousd=Budget.spent_nanousd + cost_nanousd,
-        )
-        .returning(
-            Budget.id,
-            Budget.spent_nanousd,
-            Budget.limit_nanousd,
-            Budget.soft_thresholds,
-            Budget.notified_threshold,
-            Budget.user_id,
-            Budget.api_key_id,
-        )
-    )
-    if engine.dialect.name == "postgresql":
-        # One auto-committed statement: the budget rows are locked only while it runs.
-        inserts = [
-            insert(table).values(**values).returning(table.id).cte(f"row_{i}")
-            for i, (table, values) in enumerate(rows)
-        ]
-        if reservation.budget_ids:
-            settled = charge.cte("settled")
-            statement = select(settled).add_cte(*inserts)
-        else:
-            statement = select(inserts[0].c.id).add_cte(*inserts[1:])
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            result = (await conn.execute(statement)).all()
-            if not reservation.budget_ids:
-                return []
-            return await _check_thresholds(conn, result)
-    async with engine.begin() as conn:
-        for table, values in rows:
-            await conn.execute(insert(table).values(**values))
-        if not reservation.budget_ids:
-            return []
-        # Last, so SQLite's write lock is held for as little as possible after it.
-        result = (await conn.execute(charge)).all()
-        return await _check_thresholds(conn, result)
-
-
-def _usage_rows(
-    subject: AuthSubject, api_key_id: uuid.UUID | None, cost: int, usage: UsageData, audit: bool
-) -> list[tuple[Any, dict[str, Any]]]:
     now = utcnow()
-    rows: list[tuple[Any, dict[str, Any]]] = [
-        (
-            UsageRecord,
-            {
-                "id": uuid.uuid4(),
-                "created_at": now,
-                "user_id": subject.user_id,
-                "api_key_id": api_key_id,
-                "request_id": usage.request_id,
-                "endpoint": usage.endpoint,
-                "model": usage.model,
-                "provider": usage.provider,
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-                "cost_nanousd": cost,
-                "latency_ms": usage.latency_ms,
-                "status": usage.status,
-                "error_code": usage.error_code,
-                "streamed": usage.streamed,
-            },
-        )
-    ]
+    params = repository.row_params(
+        "u_", _usage_values(subject, api_key_id, cost_nanousd, usage, now)
+    )
     if audit:
-        rows.append(
-            (
-                AuditLog,
-                {
-                    "id": uuid.uuid4(),
-                    "created_at": now,
-                    "user_id": subject.user_id,
-                    "api_key_id": api_key_id,
-                    "action": f"llm.{usage.endpoint}",
-                    "resource_type": "model",
-                    "resource_id": usage.model[:64],
-                    "details": {
-                        "provider": usage.provider,
-                        "status": usage.status,
-                        "prompt_tokens": usage.prompt_tokens,
-                        "completion_tokens": usage.completion_tokens,
-                        "cost_nanousd": cost,
-                        "streamed": usage.streamed,
-                    },
-                    "success": usage.status in ("success", "cached"),
-                    "request_id": usage.request_id or request_id_var.get(),
-                },
+        params.update(
+            repository.row_params(
+                "a_", _audit_values(subject, api_key_id, cost_nanousd, usage, now)
             )
         )
-    return rows
+    charge = {
+        "budget_ids": list(reservation.budget_ids),
+        "reserved": reservation.amount_nanousd,
+        "cost": cost_nanousd,
+    }
+    engine = _engine(factory)
+    if engine.dialect.name == "postgresql":
+        # One auto-committed statement: the budget rows are locked only while it runs.
+        statement = repository.settle_in_one_statement(bool(reservation.budget_ids), audit)
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            if reservation.budget_ids:
+                params.update(charge)
+            rows = (await conn.execute(statement, params)).all()
+            if not reservation.budget_ids:
+                return []
+            return await _check_thresholds(conn, rows)
+    async with engine.begin() as conn:
+        await conn.execute(repository.insert_usage(), params)
+        if audit:
+            await conn.execute(repository.insert_audit(), params)
+        if not reservation.budget_ids:
+            return []
+        rows = (await conn.execute(repository.charge(), charge)).all()
+        return await _check_thresholds(conn, rows)
+
+
+def _usage_values(
+    subject: AuthSubject, api_key_id: uuid.UUID | None, cost: int, usage: UsageData, now: datetime
+) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(),
+        "created_at": now,
+        "user_id": subject.user_id,
+        "api_key_id": api_key_id,
+        "request_id": usage.request_id,
+        "endpoint": usage.endpoint,
+        "model": usage.model,
+        "provider": usage.provider,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "cost_nanousd": cost,
+        "latency_ms": usage.latency_ms,
+        "status": usage.status,
+        "error_code": usage.error_code,
+        "streamed": usage.streamed,
+    }
+
+
+def _audit_values(
+    subject: AuthSubject, api_key_id: uuid.UUID | None, cost: int, usage: UsageData, now: datetime
+) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(),
+        "created_at": now,
+        "user_id": subject.user_id,
+        "api_key_id": api_key_id,
+        "action": f"llm.{usage.endpoint}",
+        "resource_type": "model",
+        "resource_id": usage.model[:64],
+        "details": {
+            "provider": usage.provider,
+            "status": usage.status,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "cost_nanousd": cost,
+            "streamed": usage.streamed,
+        },
+        "success": usage.status in ("success", "cached"),
+        "request_id": usage.request_id or request_id_var.get(),
+    }
 
 
 async def _check_thresholds(conn: AsyncConnection, rows: Sequence[Any]) -> list[ThresholdCrossing]:
@@ -458,7 +363,6 @@ async def create_budget(
     """Create a budget for a user or an API key. Users may budget themselves and their own
     keys; administrators anyone."""
     from enclava.audit.service import record
-    from enclava.budgets import repository
 
     if period not in PERIODS:
         raise BadRequestError(f"Unknown period {period!r}", param="period")
@@ -500,7 +404,6 @@ async def create_budget(
 
 
 async def get_budget(session: AsyncSession, subject: AuthSubject, budget_id: uuid.UUID) -> Budget:
-    from enclava.budgets import repository
 
     budget = await repository.get_budget(session, subject, budget_id)
     if budget is None:

@@ -551,17 +551,23 @@ async def _stream(sim: Simulator, body: dict[str, Any], directives: Directives, 
     started = directives.drop_after == 0
     if started:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
-    async for chunk in sim.chat_stream(body, directives):
-        if not started:
-            await send({"type": "http.response.start", "status": 200, "headers": _SSE})
-            started = True
-        await send(
-            {
-                "type": "http.response.body",
-                "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
-                "more_body": True,
-            }
-        )
+    try:
+        async for chunk in sim.chat_stream(body, directives):
+            if not started:
+                await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+                started = True
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                    "more_body": True,
+                }
+            )
+    except MockDrop:
+        # Let the client read what was sent before the connection goes, so a test knows
+        # exactly how much was delivered.
+        await asyncio.sleep(0.05)
+        raise
     if not started:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
     await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
