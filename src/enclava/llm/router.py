@@ -95,8 +95,8 @@ async def _events(stream: ChatStream) -> AsyncIterator[bytes]:
 
 @router.post("/chat/completions", openapi_extra=_JSON_BODY, summary="Create a chat completion")
 async def chat_completions(request: Request, session: DbSession, subject: ChatSubject) -> Response:
-    body = await _json_body(request)
     await session.commit()
+    body = await _json_body(request)
     result = await gateway.chat_completion(app_state(request), subject, body)
     if isinstance(result, ChatStream):
         return SSEResponse(result)
@@ -107,8 +107,8 @@ async def chat_completions(request: Request, session: DbSession, subject: ChatSu
 async def create_embeddings(
     request: Request, session: DbSession, subject: EmbeddingsSubject
 ) -> Response:
-    body = await _json_body(request)
     await session.commit()
+    body = await _json_body(request)
     result = await gateway.embeddings(app_state(request), subject, body)
     return _json(result.body, result.headers())
 
