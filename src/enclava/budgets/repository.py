@@ -204,6 +204,15 @@ def add_reservation(with_key: bool) -> Any:
 
 
 @cache
+def release_reservation() -> Any:
+    return (
+        update(Budget)
+        .where(Budget.id.in_(bindparam("budget_ids", expanding=True)))
+        .values(reserved_nanousd=Budget.reserved_nanousd - bindparam("amount", type_=BigInteger()))
+    )
+
+
+@cache
 def roll_period() -> Any:
     return (
         update(Budget)

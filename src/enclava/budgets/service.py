@@ -80,10 +80,6 @@ class UsageData:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class _Rollback(Exception):
-    """Leaves a reservation transaction without committing it."""
-
-
 def _engine(factory: SessionFactory) -> AsyncEngine:
     engine = factory.kw.get("bind")
     assert isinstance(engine, AsyncEngine), "the session factory must be bound to an engine"
@@ -98,36 +94,45 @@ def _unavailable(exc: Exception) -> ServiceUnavailableError:
 
 
 async def reserve(
-    factory: SessionFactory, subject: AuthSubject, amount_nanousd: int
+    factory: SessionFactory,
+    subject: AuthSubject,
+    amount_nanousd: int,
+    *,
+    session: AsyncSession | None = None,
 ) -> Reservation:
     """Hold ``amount_nanousd`` on every budget that applies, or raise ``QuotaExceededError``.
 
-    On PostgreSQL the common case is one auto-committed statement, so budget rows stay locked
-    only while it runs, not across the event loop's scheduling gaps between statements;
-    refusals and period rollovers take the transactional path (``_reserve_in_transaction``).
+    With ``session`` the reservation joins that session's transaction (the caller commits it
+    right away: the budget rows stay locked until then); without, it commits on its own. On
+    PostgreSQL the common case is one statement, so the rows are locked only while it runs;
+    refusals and period rollovers take the general path (``_reserve_checked``).
     """
     if amount_nanousd < 0:
         raise ValueError("reservation amount must not be negative")
     engine = _engine(factory)
     api_key_id = subject.api_key.id if subject.api_key else None
-    params = {
-        **repository.owner_params(subject.user_id, api_key_id),
-        "amount": amount_nanousd,
-    }
+    with_key = api_key_id is not None
+    params = {**repository.owner_params(subject.user_id, api_key_id), "amount": amount_nanousd}
+    postgres = engine.dialect.name == "postgresql"
+    reservation: Reservation | None = None
     try:
-        if engine.dialect.name == "postgresql":
-            statement = repository.reserve_in_one_statement(api_key_id is not None)
-            async with engine.connect() as conn:
-                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                ok, _, ids = (
-                    await conn.execute(statement, {**params, **repository.period_params(utcnow())})
-                ).one()
-            if ok:
-                return Reservation(tuple(ids or ()), amount_nanousd)
-        reservation = await _reserve_in_transaction(engine, api_key_id is not None, params)
+        if session is not None:
+            conn = await session.connection()
+            if postgres:
+                reservation = await _reserve_in_one_statement(conn, with_key, params)
+            if reservation is None:
+                reservation = await _reserve_checked(conn, with_key, params)
+        else:
+            if postgres:
+                async with engine.connect() as conn:
+                    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    reservation = await _reserve_in_one_statement(conn, with_key, params)
+            if reservation is None:
+                async with engine.begin() as conn:
+                    reservation = await _reserve_checked(conn, with_key, params)
     except (OperationalError, DBAPIError, OSError) as exc:
         raise _unavailable(exc) from exc
-    if reservation is None:
+    if reservation is _REFUSED:
         raise QuotaExceededError(
             "Budget exhausted: this request could cost more than the remaining budget",
             code="insufficient_quota",
@@ -135,33 +140,45 @@ async def reserve(
     return reservation
 
 
-async def _reserve_in_transaction(
-    engine: AsyncEngine, with_key: bool, params: dict[str, Any]
+_REFUSED = Reservation((), 0)
+
+
+async def _reserve_in_one_statement(
+    conn: AsyncConnection, with_key: bool, params: dict[str, Any]
 ) -> Reservation | None:
-    """Add the amount to every applicable budget and commit only if all stay within their
-    limits (rolling over ended periods first); ``None`` when refused."""
+    """PostgreSQL: ``None`` unless every budget fits and none has a period to roll over."""
+    statement = repository.reserve_in_one_statement(with_key)
+    ok, _, ids = (
+        await conn.execute(statement, {**params, **repository.period_params(utcnow())})
+    ).one()
+    return Reservation(tuple(ids or ()), params["amount"]) if ok else None
+
+
+async def _reserve_checked(
+    conn: AsyncConnection, with_key: bool, params: dict[str, Any]
+) -> Reservation:
+    """Add the amount to every applicable budget, rolling over ended periods, and take it back
+    if any budget is then over its limit (``_REFUSED``). The rows stay locked by the update
+    until the transaction ends, so the check and the correction are atomic with it."""
     amount = params["amount"]
-    async with engine.connect() as conn:
-        try:
-            async with conn.begin():
-                rows = (await conn.execute(repository.add_reservation(with_key), params)).all()
-                now = utcnow()
-                refused = False
-                for row in rows:
-                    spent = row.spent_nanousd
-                    start = period_start(row.period, now)
-                    if row.period_started_at < start:
-                        # The period ended: start a new one (in-flight reservations carry over).
-                        await conn.execute(
-                            repository.roll_period(), {"budget_id": row.id, "start": start}
-                        )
-                        spent = 0
-                    refused = refused or spent + row.reserved_nanousd > row.limit_nanousd
-                if refused:
-                    raise _Rollback()
-                return Reservation(tuple(r.id for r in rows), amount)
-        except _Rollback:
-            return None
+    rows = (await conn.execute(repository.add_reservation(with_key), params)).all()
+    now = utcnow()
+    refused = False
+    for row in rows:
+        spent = row.spent_nanousd
+        start = period_start(row.period, now)
+        if row.period_started_at < start:
+            # The period ended: start a new one (in-flight reservations carry over).
+            await conn.execute(repository.roll_period(), {"budget_id": row.id, "start": start})
+            spent = 0
+        refused = refused or spent + row.reserved_nanousd > row.limit_nanousd
+    ids = tuple(r.id for r in rows)
+    if refused:
+        await conn.execute(
+            repository.release_reservation(), {"budget_ids": list(ids), "amount": amount}
+        )
+        return _REFUSED
+    return Reservation(ids, amount)
 
 
 async def settle(

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from enclava.auth.subject import AuthSubject
 from enclava.budgets import service as budgets
@@ -31,6 +32,7 @@ from enclava.errors import (
     BadRequestError,
     NotFoundError,
     PermissionDeniedError,
+    QuotaExceededError,
     RateLimitError,
     ServiceUnavailableError,
     UpstreamError,
@@ -287,6 +289,26 @@ def _client_error(exc: ProviderError) -> AppError:
     return UpstreamError("The upstream provider failed to answer", code=exc.code)
 
 
+# -- budget ------------------------------------------------------------------------------------
+
+
+async def _reserve(
+    state: AppState, subject: AuthSubject, amount: int, session: AsyncSession | None
+) -> Reservation:
+    if session is None:
+        return await budgets.reserve(state.session_factory, subject, amount)
+    try:
+        reservation = await budgets.reserve(state.session_factory, subject, amount, session=session)
+    except QuotaExceededError:
+        await session.commit()  # a refusal changes nothing; keep the loaded subject usable
+        raise
+    except AppError:
+        await session.rollback()
+        raise
+    await session.commit()
+    return reservation
+
+
 # -- settlement -------------------------------------------------------------------------------
 
 
@@ -368,6 +390,7 @@ async def chat_completion(
     endpoint: str = "chat.completions",
     scope: str | None = "llm.chat",
     confidential_only: bool = False,
+    session: AsyncSession | None = None,
 ) -> ChatResult | ChatStream:
     """Run one metered chat completion.
 
@@ -375,7 +398,10 @@ async def chat_completion(
     model mapped to its upstream name and an explicit output limit). ``scope`` is the scope the
     subject must hold (``None`` when the caller checked its own, e.g. ``chatbot.use``).
     ``confidential_only`` restricts this call (and its fallbacks) to confidential providers on
-    top of the subject's own restriction. Returns a settled ``ChatResult``, or for
+    top of the subject's own restriction. ``session``: the caller's open request session; the
+    reservation joins its transaction and the gateway COMMITS it before calling the provider
+    (one transaction fewer per call, and no transaction held across the upstream call).
+    Without it, commit your own transaction before calling. Returns a settled ``ChatResult``, or for
     ``stream: true`` a ``ChatStream`` that settles when it ends or is closed. Raises ``AppError``
     subclasses (OpenAI-shaped under /api/v1).
     """
@@ -403,6 +429,8 @@ async def chat_completion(
         cache_key = _cache_key(subject, body)
         cached = await state.cache.get(cache_key)
         if isinstance(cached, dict):
+            if session is not None:
+                await session.commit()
             await _settle(
                 state,
                 subject,
@@ -418,9 +446,8 @@ async def chat_completion(
             )
             return ChatResult(cached, primary.id, primary.provider.name, 0, 0, 0, cached=True)
 
-    reservation = await budgets.reserve(
-        state.session_factory, subject, _worst_case(body, chain, requested_max, n)
-    )
+    worst = _worst_case(body, chain, requested_max, n)
+    reservation = await _reserve(state, subject, worst, session)
 
     async def call(entry: ModelEntry) -> Any:
         upstream = _upstream_body(body, entry, requested_max, stream)
@@ -622,6 +649,8 @@ class ChatStream:
                     return await self._end()
                 except ProviderError as exc:
                     self._finished = True
+                    if exc.counts_as_failure:
+                        self.entry.provider.breaker.record_failure(exc.code)
                     await self._finish("error", exc.code)
                     raise UpstreamError(
                         "The upstream provider broke off the stream", code=exc.code
@@ -737,6 +766,7 @@ async def embeddings(
     endpoint: str = "embeddings",
     scope: str | None = "llm.embeddings",
     confidential_only: bool = False,
+    session: AsyncSession | None = None,
 ) -> EmbeddingResult:
     """Run one metered embeddings call (OpenAI request: ``input`` string or list, optional
     ``encoding_format`` float or base64). Same policy, budget and settlement as chat."""
@@ -781,7 +811,7 @@ async def embeddings(
     started = time.perf_counter()
     bound = pricing.embedding_token_bound(inputs)
     worst = max(e.price.cost(bound, 0) for e in chain)
-    reservation = await budgets.reserve(state.session_factory, subject, worst)
+    reservation = await _reserve(state, subject, worst, session)
 
     async def call(entry: ModelEntry) -> dict[str, Any]:
         upstream = dict(body)

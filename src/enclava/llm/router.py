@@ -1,8 +1,9 @@
 """OpenAI-compatible endpoints under /api/v1: chat completions, embeddings, models, status.
 
 Bodies are read and written with orjson and passed through as dicts (the whole OpenAI request
-surface reaches the provider). The request's transaction is committed once the key is verified,
-so no database connection is held while the upstream answers.
+surface reaches the provider). The budget reservation joins the request's transaction, which
+the gateway commits before calling the provider, so no database connection is held while the
+upstream answers.
 """
 
 from __future__ import annotations
@@ -95,9 +96,10 @@ async def _events(stream: ChatStream) -> AsyncIterator[bytes]:
 
 @router.post("/chat/completions", openapi_extra=_JSON_BODY, summary="Create a chat completion")
 async def chat_completions(request: Request, session: DbSession, subject: ChatSubject) -> Response:
-    await session.commit()
     body = await _json_body(request)
-    result = await gateway.chat_completion(app_state(request), subject, body)
+    # The reservation joins the request's transaction, which the gateway commits before the
+    # upstream call.
+    result = await gateway.chat_completion(app_state(request), subject, body, session=session)
     if isinstance(result, ChatStream):
         return SSEResponse(result)
     return _json(result.body, result.headers())
@@ -107,9 +109,8 @@ async def chat_completions(request: Request, session: DbSession, subject: ChatSu
 async def create_embeddings(
     request: Request, session: DbSession, subject: EmbeddingsSubject
 ) -> Response:
-    await session.commit()
     body = await _json_body(request)
-    result = await gateway.embeddings(app_state(request), subject, body)
+    result = await gateway.embeddings(app_state(request), subject, body, session=session)
     return _json(result.body, result.headers())
 
 
