@@ -124,8 +124,25 @@ async def _measure(
     }
 
 
-def _run_all(url: str, headers: dict[str, str], total: int) -> list[dict[str, Any]]:
-    return [asyncio.run(_measure(url, headers, c, total)) for c in CONCURRENCIES]
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _run_all(url: str, headers: dict[str, str], total: int, pid: int) -> list[dict[str, Any]]:
+    """Each concurrency level, plus the server's CPU time per request: unlike latency and
+    throughput, that figure barely moves when other work shares the machine."""
+    rows = []
+    for concurrency in CONCURRENCIES:
+        before = _cpu_seconds(pid)
+        row = asyncio.run(_measure(url, headers, concurrency, total))
+        spent = _cpu_seconds(pid) - before
+        row["server_cpu_ms_per_request"] = round(
+            spent * 1000 / (row["requests"] + min(200, total)), 3
+        )
+        rows.append(row)
+    return rows
 
 
 # -- targets ---------------------------------------------------------------------------------
@@ -203,13 +220,13 @@ def _bench_enclava(
     key = _provision(env)
     port = _port()
     args = [str(VENV_BIN / "enclava"), "serve", "--port", str(port)]
-    work.mkdir(parents=True, exist_ok=True)
-    with _process(args, env, work / f"{name}.log"):
+    with _process(args, env, work / f"{name}.log") as proc:
         _wait_http(f"http://127.0.0.1:{port}/health")
         return _run_all(
             f"http://127.0.0.1:{port}/api/v1/chat/completions",
             {"authorization": f"Bearer {key}"},
             total,
+            proc.pid,
         )
 
 
@@ -257,9 +274,9 @@ def _bench_litellm(executable: str, work: Path, upstream: str, total: int) -> li
     }
     args = [executable, "--config", str(config), "--port", str(port), "--host", "127.0.0.1"]
     headers = {"authorization": "Bearer sk-bench-master"}
-    with _process(args, env, work / "litellm.log"):
+    with _process(args, env, work / "litellm.log") as proc:
         _wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=180)
-        return _run_all(f"http://127.0.0.1:{port}/v1/chat/completions", headers, total)
+        return _run_all(f"http://127.0.0.1:{port}/v1/chat/completions", headers, total, proc.pid)
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -268,8 +285,8 @@ def _bench_litellm(executable: str, work: Path, upstream: str, total: int) -> li
 def _table(results: dict[str, list[dict[str, Any]]]) -> str:
     direct = {r["concurrency"]: r for r in results.get("direct", [])}
     lines = [
-        "| target | c=1 p50 ms | c=1 p99 ms | c=1 overhead p50 ms | c=16 rps | c=16 p99 ms | c=64 rps | c=64 p99 ms | c=64 vs direct |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| target | c=1 p50 ms | c=1 p99 ms | c=1 overhead p50 ms | c=16 rps | c=16 p99 ms | c=64 rps | c=64 p99 ms | c=64 vs direct | server CPU ms/req (c=1, c=64) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, rows in results.items():
         by = {r["concurrency"]: r for r in rows}
@@ -278,7 +295,8 @@ def _table(results: dict[str, list[dict[str, Any]]]) -> str:
         lines.append(
             f"| {name} | {by[1]['p50_ms']:.3f} | {by[1]['p99_ms']:.3f} | {overhead:.3f} | "
             f"{by[16]['throughput_rps']:.0f} | {by[16]['p99_ms']:.2f} | {by[64]['throughput_rps']:.0f} | "
-            f"{by[64]['p99_ms']:.2f} | {ratio:.0%} |"
+            f"{by[64]['p99_ms']:.2f} | {ratio:.0%} | "
+            f"{by[1]['server_cpu_ms_per_request']:.2f}, {by[64]['server_cpu_ms_per_request']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -306,11 +324,13 @@ def main() -> None:
             "--completion-tokens",
             "16",
         ]
-        with _process(mock, {}, work / "mock.log"):
+        with _process(mock, {}, work / "mock.log") as mock_proc:
             _wait_http(upstream + "/v1/models")
             if "direct" in targets:
                 print("direct (mock upstream) ...", flush=True)
-                results["direct"] = _run_all(upstream + "/v1/chat/completions", {}, total)
+                results["direct"] = _run_all(
+                    upstream + "/v1/chat/completions", {}, total, mock_proc.pid
+                )
             if "embedded" in targets:
                 print("enclava, embedded (SQLite, in-process cache) ...", flush=True)
                 results["enclava-embedded"] = _bench_enclava(

@@ -46,10 +46,14 @@ def _internal_api() -> APIRouter:
 
 async def _start_llm(state: AppState, stack: AsyncExitStack) -> None:
     """Providers with their pooled HTTP clients, and the model table (see enclava.llm)."""
+    from enclava.budgets.service import SettlementQueue
     from enclava.llm.config import load_llm_config
     from enclava.llm.registry import EMBEDDER_KEY, STATE_KEY, LLMRuntime
 
-    runtime = LLMRuntime(load_llm_config(state.settings), state.extras.get(EMBEDDER_KEY))
+    settlements = SettlementQueue(state.session_factory, audit=state.settings.audit_llm_calls)
+    runtime = LLMRuntime(
+        load_llm_config(state.settings), settlements, state.extras.get(EMBEDDER_KEY)
+    )
     await runtime.start()
     stack.push_async_callback(runtime.aclose)
     state.extras[STATE_KEY] = runtime

@@ -9,15 +9,18 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Uuid,
     and_,
     bindparam,
     case,
+    column,
     func,
     insert,
     or_,
     select,
     true,
     update,
+    values,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -84,36 +87,6 @@ CHARGE_COLUMNS = (
     Budget.notified_threshold,
     Budget.user_id,
     Budget.api_key_id,
-)
-_USAGE_COLUMNS = (
-    "id",
-    "created_at",
-    "user_id",
-    "api_key_id",
-    "request_id",
-    "endpoint",
-    "model",
-    "provider",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cost_nanousd",
-    "latency_ms",
-    "status",
-    "error_code",
-    "streamed",
-)
-_AUDIT_COLUMNS = (
-    "id",
-    "created_at",
-    "user_id",
-    "api_key_id",
-    "action",
-    "resource_type",
-    "resource_id",
-    "details",
-    "success",
-    "request_id",
 )
 
 
@@ -225,48 +198,60 @@ def roll_period() -> Any:
     )
 
 
-@cache
-def charge() -> Any:
-    """Release ``reserved`` and add ``cost`` on the reservation's budgets."""
+def insert_rows(kind: str) -> Any:
+    """A multi-row insert of usage or audit rows (executed with a list of dicts)."""
+    return insert(UsageRecord if kind == "usage" else AuditLog)
+
+
+def _charges(charges: dict[uuid.UUID, list[int]]) -> Any:
+    return values(
+        column("budget_id", Uuid()),
+        column("released", BigInteger()),
+        column("cost", BigInteger()),
+        name="charges",
+    ).data([(budget_id, released, cost) for budget_id, (released, cost) in charges.items()])
+
+
+def charge_batch(charges: dict[uuid.UUID, list[int]]) -> Any:
+    """PostgreSQL: release what each budget had reserved for these calls and add what they
+    cost, for all budgets in one statement."""
+    rows = _charges(charges)
     return (
         update(Budget)
-        .where(Budget.id.in_(bindparam("budget_ids", expanding=True)))
+        .where(Budget.id == rows.c.budget_id)
         .values(
-            reserved_nanousd=Budget.reserved_nanousd - bindparam("reserved", type_=BigInteger()),
+            reserved_nanousd=Budget.reserved_nanousd - rows.c.released,
+            spent_nanousd=Budget.spent_nanousd + rows.c.cost,
+        )
+        .returning(*CHARGE_COLUMNS)
+    )
+
+
+@cache
+def charge_one() -> Any:
+    """SQLite (no ``UPDATE ... FROM (VALUES ...)`` with column aliases): one budget's charge."""
+    return (
+        update(Budget)
+        .where(Budget.id == bindparam("budget_id"))
+        .values(
+            reserved_nanousd=Budget.reserved_nanousd - bindparam("released", type_=BigInteger()),
             spent_nanousd=Budget.spent_nanousd + bindparam("cost", type_=BigInteger()),
         )
         .returning(*CHARGE_COLUMNS)
     )
 
 
-def _insert(table: Any, columns: tuple[str, ...], prefix: str) -> Any:
-    return insert(table).values(
-        {name: bindparam(f"{prefix}{name}", type_=table.__table__.c[name].type) for name in columns}
-    )
-
-
-@cache
-def insert_usage() -> Any:
-    return _insert(UsageRecord, _USAGE_COLUMNS, "u_")
-
-
-@cache
-def insert_audit() -> Any:
-    return _insert(AuditLog, _AUDIT_COLUMNS, "a_")
-
-
-@cache
-def settle_in_one_statement(with_budgets: bool, with_audit: bool) -> Any:
+def settle_batch_in_one_statement(
+    usage_rows: list[dict[str, Any]],
+    audit_rows: list[dict[str, Any]],
+    charges: dict[uuid.UUID, list[int]],
+) -> Any:
     """PostgreSQL: charge the budgets and insert the usage (and audit) rows in one statement;
     returns the charged budgets' rows."""
-    inserts = [insert_usage().returning(UsageRecord.id).cte("usage_row")]
-    if with_audit:
-        inserts.append(insert_audit().returning(AuditLog.id).cte("audit_row"))
-    if with_budgets:
-        charged = charge().cte("charged")
+    inserts = [insert(UsageRecord).values(usage_rows).returning(UsageRecord.id).cte("usage_rows")]
+    if audit_rows:
+        inserts.append(insert(AuditLog).values(audit_rows).returning(AuditLog.id).cte("audit_rows"))
+    if charges:
+        charged = charge_batch(charges).cte("charged")
         return select(charged).add_cte(*inserts)
     return select(inserts[0].c.id).add_cte(*inserts[1:])
-
-
-def row_params(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
-    return {f"{prefix}{name}": value for name, value in values.items()}

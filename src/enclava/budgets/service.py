@@ -12,6 +12,7 @@ refused (fail closed). See docs/decisions/0002-money-and-budgets.md.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -181,6 +182,16 @@ async def _reserve_checked(
     return Reservation(ids, amount)
 
 
+@dataclass(slots=True)
+class Settlement:
+    """One call to settle: who pays, what was reserved, what it really cost, what it used."""
+
+    subject: AuthSubject
+    reservation: Reservation
+    cost_nanousd: int
+    usage: UsageData
+
+
 async def settle(
     factory: SessionFactory,
     subject: AuthSubject,
@@ -192,44 +203,108 @@ async def settle(
 ) -> list[ThresholdCrossing]:
     """Release the reservation, charge the real cost and write the usage row (and, with
     ``audit``, an audit row for the call), atomically."""
-    if cost_nanousd < 0:
-        raise ValueError("cost must not be negative")
-    api_key_id = subject.api_key.id if subject.api_key else None
-    now = utcnow()
-    params = repository.row_params(
-        "u_", _usage_values(subject, api_key_id, cost_nanousd, usage, now)
+    [crossings] = await settle_many(
+        factory, [Settlement(subject, reservation, cost_nanousd, usage)], audit=audit
     )
-    if audit:
-        params.update(
-            repository.row_params(
-                "a_", _audit_values(subject, api_key_id, cost_nanousd, usage, now)
-            )
+    return crossings
+
+
+async def settle_many(
+    factory: SessionFactory, items: Sequence[Settlement], *, audit: bool = False
+) -> list[list[ThresholdCrossing]]:
+    """Settle several calls in one atomic write (group commit): all usage rows (and audit
+    rows) in one multi-row insert each, and one update per budget with the sums of what the
+    calls reserved and cost. Returns each call's threshold crossings (a crossing is reported
+    to the first call that charged its budget)."""
+    if any(item.cost_nanousd < 0 for item in items):
+        raise ValueError("cost must not be negative")
+    now = utcnow()
+    usage_rows = []
+    audit_rows = []
+    charges: dict[uuid.UUID, list[int]] = {}
+    first_charger: dict[uuid.UUID, int] = {}
+    for index, item in enumerate(items):
+        api_key_id = item.subject.api_key.id if item.subject.api_key else None
+        usage_rows.append(
+            _usage_values(item.subject, api_key_id, item.cost_nanousd, item.usage, now)
         )
-    charge = {
-        "budget_ids": list(reservation.budget_ids),
-        "reserved": reservation.amount_nanousd,
-        "cost": cost_nanousd,
-    }
+        if audit:
+            audit_rows.append(
+                _audit_values(item.subject, api_key_id, item.cost_nanousd, item.usage, now)
+            )
+        for budget_id in item.reservation.budget_ids:
+            released_and_cost = charges.setdefault(budget_id, [0, 0])
+            released_and_cost[0] += item.reservation.amount_nanousd
+            released_and_cost[1] += item.cost_nanousd
+            first_charger.setdefault(budget_id, index)
     engine = _engine(factory)
+    crossings: list[ThresholdCrossing] = []
     if engine.dialect.name == "postgresql":
         # One auto-committed statement: the budget rows are locked only while it runs.
-        statement = repository.settle_in_one_statement(bool(reservation.budget_ids), audit)
+        statement = repository.settle_batch_in_one_statement(usage_rows, audit_rows, charges)
         async with engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            if reservation.budget_ids:
-                params.update(charge)
-            rows = (await conn.execute(statement, params)).all()
-            if not reservation.budget_ids:
-                return []
-            return await _check_thresholds(conn, rows)
-    async with engine.begin() as conn:
-        await conn.execute(repository.insert_usage(), params)
-        if audit:
-            await conn.execute(repository.insert_audit(), params)
-        if not reservation.budget_ids:
-            return []
-        rows = (await conn.execute(repository.charge(), charge)).all()
-        return await _check_thresholds(conn, rows)
+            rows = (await conn.execute(statement)).all()
+            if charges:
+                crossings = await _check_thresholds(conn, rows)
+    else:
+        async with engine.begin() as conn:
+            await conn.execute(repository.insert_rows("usage"), usage_rows)
+            if audit_rows:
+                await conn.execute(repository.insert_rows("audit"), audit_rows)
+            if charges:
+                # Last, so the budget rows are held for as little as possible after it.
+                rows = []
+                for budget_id, (released, cost) in charges.items():
+                    params = {"budget_id": budget_id, "released": released, "cost": cost}
+                    rows.extend((await conn.execute(repository.charge_one(), params)).all())
+                crossings = await _check_thresholds(conn, rows)
+    result: list[list[ThresholdCrossing]] = [[] for _ in items]
+    for crossing in crossings:
+        result[first_charger[crossing.budget_id]].append(crossing)
+    return result
+
+
+class SettlementQueue:
+    """Group commit for settlements: calls that settle while a write is in flight are
+    written together by the next one, so under load the cost of a settlement is shared.
+    A lone call is written at once. Each caller gets its own result or exception."""
+
+    def __init__(self, factory: SessionFactory, *, audit: bool, max_batch: int = 200) -> None:
+        self._factory = factory
+        self._audit = audit
+        self._max_batch = max_batch
+        self._pending: list[tuple[Settlement, asyncio.Future[list[ThresholdCrossing]]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def settle(self, item: Settlement) -> list[ThresholdCrossing]:
+        future: asyncio.Future[list[ThresholdCrossing]] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+        return await asyncio.shield(future)
+
+    async def _write(self) -> None:
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            try:
+                results = await settle_many(
+                    self._factory, [item for item, _ in batch], audit=self._audit
+                )
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), crossings in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(crossings)
+
+    async def drain(self) -> None:
+        """Wait until everything queued is written (shutdown)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
 
 
 def _usage_values(

@@ -295,6 +295,13 @@ def _client_error(exc: ProviderError) -> AppError:
 async def _reserve(
     state: AppState, subject: AuthSubject, amount: int, session: AsyncSession | None
 ) -> Reservation:
+    if session is not None and state.engine.dialect.name != "sqlite":
+        # PostgreSQL: end the caller's transaction first and reserve in one auto-committed
+        # statement, so the budget rows are not locked across a round trip and a loop turn.
+        # SQLite: the caller's transaction already holds the single write lock, so joining it
+        # saves a whole transaction.
+        await session.commit()
+        session = None
     if session is None:
         return await budgets.reserve(state.session_factory, subject, amount)
     try:
@@ -335,15 +342,9 @@ async def _settle_now(
     cost: int,
     usage: UsageData,
 ) -> None:
+    item = budgets.Settlement(subject, reservation or Reservation((), 0), cost, usage)
     try:
-        crossings = await budgets.settle(
-            state.session_factory,
-            subject,
-            reservation or Reservation((), 0),
-            cost,
-            usage,
-            audit=state.settings.audit_llm_calls,
-        )
+        crossings = await get_runtime(state).settlements.settle(item)
     except Exception:
         # The reservation stays held, so the budget errs on the safe side; the row is lost.
         logger.exception(

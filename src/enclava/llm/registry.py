@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from enclava.budgets.service import SettlementQueue
 from enclava.llm.config import LLMConfig, ModelConfig
 from enclava.llm.local_embedder import LocalEmbedder
 from enclava.llm.pricing import Price
@@ -57,8 +58,14 @@ class ModelEntry:
 
 
 class LLMRuntime:
-    def __init__(self, config: LLMConfig, embedder: LocalEmbedder | None = None) -> None:
+    def __init__(
+        self,
+        config: LLMConfig,
+        settlements: SettlementQueue,
+        embedder: LocalEmbedder | None = None,
+    ) -> None:
         self.config = config
+        self.settlements = settlements
         self.created = int(time.time())
         self.embedder = embedder
         self.providers: dict[str, Provider] = {}
@@ -106,6 +113,7 @@ class LLMRuntime:
     async def aclose(self) -> None:
         if self.pending:
             await asyncio.wait(list(self.pending), timeout=10)
+        await asyncio.wait_for(self.settlements.drain(), timeout=10)
         for provider in self.providers.values():
             await provider.aclose()
         if self.embedder is not None:
