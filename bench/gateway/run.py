@@ -173,6 +173,9 @@ def _enclava_env(
     }
     if database_url:
         env["ENCLAVA_DATABASE_URL"] = database_url
+        # Enough pooled connections for the highest concurrency: connections above the pool
+        # size are opened and closed per checkout, which costs more than the queries.
+        env["ENCLAVA_DB_POOL_SIZE"] = "40"
     if redis_url:
         env["ENCLAVA_REDIS_URL"] = redis_url
     return env

@@ -13,15 +13,14 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    column,
     func,
     insert,
     or_,
     select,
     true,
     update,
-    values,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enclava.auth.subject import AuthSubject
@@ -203,30 +202,6 @@ def insert_rows(kind: str) -> Any:
     return insert(UsageRecord if kind == "usage" else AuditLog)
 
 
-def _charges(charges: dict[uuid.UUID, list[int]]) -> Any:
-    return values(
-        column("budget_id", Uuid()),
-        column("released", BigInteger()),
-        column("cost", BigInteger()),
-        name="charges",
-    ).data([(budget_id, released, cost) for budget_id, (released, cost) in charges.items()])
-
-
-def charge_batch(charges: dict[uuid.UUID, list[int]]) -> Any:
-    """PostgreSQL: release what each budget had reserved for these calls and add what they
-    cost, for all budgets in one statement."""
-    rows = _charges(charges)
-    return (
-        update(Budget)
-        .where(Budget.id == rows.c.budget_id)
-        .values(
-            reserved_nanousd=Budget.reserved_nanousd - rows.c.released,
-            spent_nanousd=Budget.spent_nanousd + rows.c.cost,
-        )
-        .returning(*CHARGE_COLUMNS)
-    )
-
-
 @cache
 def charge_one() -> Any:
     """SQLite (no ``UPDATE ... FROM (VALUES ...)`` with column aliases): one budget's charge."""
@@ -241,17 +216,98 @@ def charge_one() -> Any:
     )
 
 
-def settle_batch_in_one_statement(
+def _unnest(table: Any, prefix: str, names: tuple[str, ...]) -> Any:
+    """``unnest(:a::T[], :b::U[], ...) AS rows(a, b, ...)``: one parameter per column holding
+    every row's value, so the SQL text is the same for any number of rows (prepared once)."""
+    arrays = [bindparam(f"{prefix}{n}", type_=ARRAY(table.__table__.c[n].type)) for n in names]
+    return func.unnest(*arrays).table_valued(*names).render_derived(name=f"{prefix}rows")
+
+
+USAGE_COLUMNS = (
+    "id",
+    "created_at",
+    "user_id",
+    "api_key_id",
+    "request_id",
+    "endpoint",
+    "model",
+    "provider",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_nanousd",
+    "latency_ms",
+    "status",
+    "error_code",
+    "streamed",
+)
+AUDIT_COLUMNS = (
+    "id",
+    "created_at",
+    "user_id",
+    "api_key_id",
+    "action",
+    "resource_type",
+    "resource_id",
+    "details",
+    "success",
+    "request_id",
+)
+
+
+def _insert_unnested(table: Any, prefix: str, names: tuple[str, ...]) -> Any:
+    rows = _unnest(table, prefix, names)
+    return insert(table).from_select(list(names), select(*(rows.c[n] for n in names)))
+
+
+@cache
+def settle_batch_in_one_statement(with_charges: bool, with_audit: bool) -> Any:
+    """PostgreSQL: charge the budgets and insert the usage (and audit) rows of any number of
+    calls in one statement (array parameters, see ``batch_params``); returns the charged
+    budgets' rows."""
+    inserts = [
+        _insert_unnested(UsageRecord, "u_", USAGE_COLUMNS)
+        .returning(UsageRecord.id)
+        .cte("usage_rows")
+    ]
+    if with_audit:
+        inserts.append(
+            _insert_unnested(AuditLog, "a_", AUDIT_COLUMNS).returning(AuditLog.id).cte("audit_rows")
+        )
+    if not with_charges:
+        return select(inserts[0].c.id).add_cte(*inserts[1:])
+    charges = (
+        func.unnest(
+            bindparam("charge_ids", type_=ARRAY(Uuid())),
+            bindparam("charge_released", type_=ARRAY(BigInteger())),
+            bindparam("charge_cost", type_=ARRAY(BigInteger())),
+        )
+        .table_valued("budget_id", "released", "cost")
+        .render_derived(name="charges")
+    )
+    charged = (
+        update(Budget)
+        .where(Budget.id == charges.c.budget_id)
+        .values(
+            reserved_nanousd=Budget.reserved_nanousd - charges.c.released,
+            spent_nanousd=Budget.spent_nanousd + charges.c.cost,
+        )
+        .returning(*CHARGE_COLUMNS)
+        .cte("charged")
+    )
+    return select(charged).add_cte(*inserts)
+
+
+def batch_params(
     usage_rows: list[dict[str, Any]],
     audit_rows: list[dict[str, Any]],
     charges: dict[uuid.UUID, list[int]],
-) -> Any:
-    """PostgreSQL: charge the budgets and insert the usage (and audit) rows in one statement;
-    returns the charged budgets' rows."""
-    inserts = [insert(UsageRecord).values(usage_rows).returning(UsageRecord.id).cte("usage_rows")]
+) -> dict[str, Any]:
+    params: dict[str, Any] = {f"u_{n}": [row[n] for row in usage_rows] for n in USAGE_COLUMNS}
     if audit_rows:
-        inserts.append(insert(AuditLog).values(audit_rows).returning(AuditLog.id).cte("audit_rows"))
+        params.update({f"a_{n}": [row[n] for row in audit_rows] for n in AUDIT_COLUMNS})
     if charges:
-        charged = charge_batch(charges).cte("charged")
-        return select(charged).add_cte(*inserts)
-    return select(inserts[0].c.id).add_cte(*inserts[1:])
+        params["charge_ids"] = list(charges)
+        params["charge_released"] = [released for released, _ in charges.values()]
+        params["charge_cost"] = [cost for _, cost in charges.values()]
+    return params

@@ -241,10 +241,11 @@ async def settle_many(
     crossings: list[ThresholdCrossing] = []
     if engine.dialect.name == "postgresql":
         # One auto-committed statement: the budget rows are locked only while it runs.
-        statement = repository.settle_batch_in_one_statement(usage_rows, audit_rows, charges)
+        statement = repository.settle_batch_in_one_statement(bool(charges), bool(audit_rows))
+        params = repository.batch_params(usage_rows, audit_rows, charges)
         async with engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            rows = (await conn.execute(statement)).all()
+            rows = (await conn.execute(statement, params)).all()
             if charges:
                 crossings = await _check_thresholds(conn, rows)
     else:
