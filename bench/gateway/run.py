@@ -282,6 +282,24 @@ def _bench_litellm(executable: str, work: Path, upstream: str, total: int) -> li
         return _run_all(f"http://127.0.0.1:{port}/v1/chat/completions", headers, total, proc.pid)
 
 
+def _install_litellm(notes: list[str]) -> None:
+    """LiteLLM goes into its own venv under bench/, never into the project's."""
+    venv = ROOT / "bench/.litellm-venv"
+    print(
+        f"installing litellm[proxy] into {venv} (once; BENCH_LITELLM_INSTALL=0 skips) ...",
+        flush=True,
+    )
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin/pip"), "install", "--quiet", "litellm[proxy]"],
+            check=True,
+            timeout=1800,
+        )
+    except (subprocess.SubprocessError, OSError) as exc:
+        notes.append(f"LiteLLM could not be installed: {exc}")
+
+
 # -- report ------------------------------------------------------------------------------------
 
 
@@ -350,6 +368,11 @@ def main() -> None:
                 except (OSError, ConnectionError) as exc:
                     notes.append(f"postgres target skipped: {exc}")
             if "litellm" in targets:
+                if (
+                    not Path(litellm).exists()
+                    and os.environ.get("BENCH_LITELLM_INSTALL", "1") == "1"
+                ):
+                    _install_litellm(notes)
                 if shutil.which(litellm) or Path(litellm).exists():
                     print("litellm proxy ...", flush=True)
                     results["litellm-proxy"] = _bench_litellm(
