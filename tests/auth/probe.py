@@ -6,9 +6,11 @@ authentication dependencies do (subjects, scopes, rate limits) without any domai
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
 
 from enclava.auth.dependencies import AdminSubject, ApiKeySubject, UserSubject, require_scopes
 from enclava.auth.subject import AuthSubject
@@ -44,6 +46,15 @@ async def probe_rag(
 @public_probe.get("/key")
 async def probe_key(subject: ApiKeySubject) -> dict[str, Any]:
     return _describe(subject)
+
+
+@public_probe.get("/stream")
+async def probe_stream(subject: ApiKeySubject) -> StreamingResponse:
+    async def chunks() -> AsyncIterator[bytes]:
+        for n in range(3):
+            yield f"data: {n}\n\n".encode()
+
+    return StreamingResponse(chunks(), media_type="text/event-stream")
 
 
 @internal_probe.get("/user-and-admin")
