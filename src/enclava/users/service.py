@@ -148,7 +148,11 @@ async def change_own_password(
     if user is None:
         raise NotFoundError("User not found")
     if not await auth_service.verify_password(user.password_hash, body.current_password):
-        raise BadRequestError("Current password is incorrect", param="current_password")
+        raise BadRequestError(
+            "Current password is incorrect",
+            code="invalid_current_password",
+            param="current_password",
+        )
     auth_service.check_password_strength(body.new_password)
     user.password_hash = await auth_service.hash_password(body.new_password)
     await repository.revoke_families(
