@@ -108,9 +108,9 @@ def _refuse_malformed(token: str) -> None:
 
 
 async def _cached_row(state: AppState, key_hash: str) -> tuple[ApiKey | None, int]:
-    generation = int(await state.cache.get(_generation_key(key_hash)) or 0)
     if state.settings.api_key_cache_ttl_s <= 0:
-        return None, generation
+        return None, 0
+    generation = int(await state.cache.get(_generation_key(key_hash)) or 0)
     values = await state.cache.get(_entry_key(key_hash, generation))
     return (restore(values) if isinstance(values, dict) else None), generation
 

@@ -48,9 +48,7 @@ async def page(
     session: AsyncSession, f: AuditFilter, *, offset: int, limit: int
 ) -> tuple[list[AuditLog], int]:
     total = await session.scalar(
-        _filtered(select(AuditLog), f).with_only_columns(
-            func.count(), maintain_column_froms=True
-        )
+        _filtered(select(AuditLog), f).with_only_columns(func.count(), maintain_column_froms=True)
     )
     query = (
         _filtered(select(AuditLog), f)
