@@ -268,3 +268,26 @@ async def test_bad_refresh_tokens(client: httpx.AsyncClient) -> None:
         assert response.json()["code"] == "invalid_refresh_token", token
     too_long = await client.post(REFRESH, json={"refresh_token": "ert_" + "x" * 2000})
     assert too_long.status_code == 422
+
+
+async def test_oversized_headers_on_a_real_server(settings: Any) -> None:
+    """Through a real HTTP server: a long credential is a clear 401 from Enclava, and a header
+    block beyond what the server parses is refused by the server itself, never a 500."""
+    import asyncio
+
+    from enclava.app import create_app
+    from enclava.testing.server import serve_in_thread
+
+    def run() -> tuple[int, int, int]:
+        with (
+            serve_in_thread(create_app(settings)) as base_url,
+            httpx.Client(base_url=base_url) as http,
+        ):
+            long = http.get(ME, headers={"Authorization": "Bearer " + "a" * 8000})
+            huge = http.get(ME, headers={"Authorization": "Bearer " + "a" * 200_000})
+            many = http.get(ME, headers={f"X-Filler-{n}": "f" * 100 for n in range(400)})
+            return long.status_code, huge.status_code, many.status_code
+
+    long, huge, many = await asyncio.to_thread(run)
+    assert long == 401
+    assert 400 <= huge < 500 and 400 <= many < 500
