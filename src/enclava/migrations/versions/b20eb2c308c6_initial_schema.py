@@ -84,8 +84,6 @@ def upgrade() -> None:
         sa.Column("full_name", sa.String(length=200), nullable=True),
         sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("is_active", sa.Boolean(), nullable=False),
-        sa.Column("failed_login_count", sa.Integer(), nullable=False),
-        sa.Column("locked_until", enclava.models.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column("last_login_at", enclava.models.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("created_at", enclava.models.base.UTCDateTime(timezone=True), nullable=False),
