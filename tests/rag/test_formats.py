@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from tests.rag import files
 
 CASES: list[tuple[str, bytes, str, dict[str, Any]]] = [
@@ -96,29 +94,27 @@ CASES: list[tuple[str, bytes, str, dict[str, Any]]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("filename", "content", "query", "expected"), CASES, ids=[c[0] for c in CASES]
-)
-async def test_every_format_is_processed_and_searchable(
-    actors: Any, rag_api: Any, filename: str, content: bytes, query: str, expected: dict[str, Any]
+async def test_every_format_is_processed_and_searchable_with_its_source(
+    actors: Any, rag_api: Any
 ) -> None:
     alice = rag_api(await actors.user())
     collection = await alice.create_collection()
-    document = await alice.ingest(collection["id"], filename, content)
-    assert document["status"] == "processed", document["error"]
-    assert document["chunk_count"] >= 1
-    assert document["filename"] == filename
+    uploaded = [await alice.upload(collection["id"], name, content) for name, content, *_ in CASES]
+    for (filename, _content, query, expected), upload in zip(CASES, uploaded, strict=True):
+        document = await alice.wait(upload["id"])
+        assert document["status"] == "processed", (filename, document["error"])
+        assert document["chunk_count"] >= 1
+        assert document["filename"] == filename
 
-    for mode in ("hybrid", "sparse", "dense"):
-        results = await alice.search(collection["id"], query, mode=mode, top_k=3)
-        assert results, mode
-        assert results[0]["document_id"] == document["id"]
-        assert results[0]["filename"] == filename
-    top = (await alice.search(collection["id"], query, mode="sparse", top_k=1))[0]
-    distinctive = query.split()[0]
-    assert distinctive.lower() in top["text"].lower()
-    for key, value in expected.items():
-        assert top[key] == value, (key, top)
+        for mode in ("hybrid", "sparse", "dense"):
+            results = await alice.search(collection["id"], query, mode=mode, top_k=3)
+            assert results and results[0]["filename"] == filename, (filename, mode, results[:1])
+            assert results[0]["document_id"] == document["id"]
+        top = (await alice.search(collection["id"], query, mode="sparse", top_k=1))[0]
+        distinctive = query.split()[0]
+        assert distinctive.lower() in top["text"].lower(), (filename, top["text"])
+        for key, value in expected.items():
+            assert top[key] == value, (filename, key, top)
 
 
 async def test_pdf_pages_are_counted_and_cited(actors: Any, rag_api: Any) -> None:

@@ -186,6 +186,8 @@ def _after_rollback(ended: Session) -> None:
 
 
 def _run(ended: Session, *, committed: bool) -> None:
+    if ended.in_nested_transaction():
+        return  # a savepoint ended; the transaction the callbacks belong to goes on
     hooks: _TransactionHooks | None = ended.info.pop(_HOOKS_KEY, None)
     if hooks is None:
         return

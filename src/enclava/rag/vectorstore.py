@@ -82,6 +82,13 @@ class VectorStore:
             local = await loop.run_in_executor(
                 executor, functools.partial(QdrantClient, path=str(settings.qdrant_path))
             )
+        except RuntimeError as exc:
+            executor.shutdown(wait=False)
+            raise RuntimeError(
+                f"The local vector store in {settings.qdrant_path} is open in another process; "
+                "run one Enclava process per data dir, or set ENCLAVA_QDRANT_URL to a Qdrant "
+                "server to share it"
+            ) from exc
         except BaseException:
             executor.shutdown(wait=False)
             raise
