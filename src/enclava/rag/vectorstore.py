@@ -35,6 +35,9 @@ _UPSERT_BATCH = 128
 # Candidates each half of a hybrid query contributes before rank fusion.
 _PREFETCH_FACTOR = 4
 _MIN_PREFETCH = 20
+# Reciprocal rank fusion with the customary constant and equal weights; on the labelled set
+# in tests/rag/data other constants and weights changed MRR by less than 0.02 (no tuning).
+RRF_K = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +239,7 @@ class VectorStore:
             response = await self._call(
                 "query_points",
                 prefetch=prefetch,
-                query=models.FusionQuery(fusion=models.Fusion.RRF),
+                query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
                 **common,
             )
         return [ScoredPoint(float(p.score), dict(p.payload or {})) for p in response.points]
