@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -22,8 +23,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 users_app = typer.Typer(no_args_is_help=True, help="User accounts.")
+rag_app = typer.Typer(no_args_is_help=True, help="RAG collections (through a running server).")
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
+app.add_typer(rag_app, name="rag")
 
 
 def _load_settings() -> Settings:
@@ -130,6 +133,46 @@ def users_create(
     except AppError as exc:
         _fail(exc.message)
     typer.echo(json.dumps({"id": user_id, "email": email.strip().lower(), "role": role}))
+
+
+@rag_app.command("ingest")
+def rag_ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders (walked recursively).")],
+    collection: Annotated[str, typer.Option(help="Collection name; created when missing.")],
+    user: Annotated[str, typer.Option(help="Email of the account that owns the collection.")],
+    server: Annotated[
+        str, typer.Option(envvar="ENCLAVA_SERVER_URL", help="The running Enclava server.")
+    ] = "http://127.0.0.1:8000",
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="ENCLAVA_API_KEY", help="API key with rag.write (else a password)."),
+    ] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(envvar="ENCLAVA_PASSWORD", help="Password of --user (prompted if needed)."),
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until every document is processed.")] = True,
+) -> None:
+    """Upload documents to a collection with a progress bar and report each file's result."""
+    from rich.console import Console
+
+    from enclava.rag.ingest_client import IngestClient, IngestError, ingest, results_table
+
+    if not api_key and password is None:
+        password = typer.prompt(f"Password for {user}", hide_input=True)
+    try:
+        client = IngestClient(server, user=user, api_key=api_key, password=password)
+    except IngestError as exc:
+        _fail(str(exc))
+    try:
+        results = ingest(client, collection, paths, wait=wait)
+    except IngestError as exc:
+        _fail(str(exc))
+    finally:
+        client.close()
+    Console().print(results_table(collection, results))
+    if not all(result.ok for result in results):
+        raise typer.Exit(1)
 
 
 def main() -> None:

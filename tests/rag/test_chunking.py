@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from enclava.rag.chunking import chunk_blocks, validate_sizes
@@ -33,7 +35,7 @@ def test_paragraphs_are_packed_up_to_the_size_with_overlap() -> None:
     chunks = chunk_blocks([Block(p) for p in paragraphs], size=200, overlap=60)
     assert len(chunks) > 5
     assert all(len(c.text) <= 200 for c in chunks)
-    for previous, current in zip(chunks, chunks[1:], strict=False):
+    for previous, current in itertools.pairwise(chunks):
         # Each chunk starts with the end of the one before it.
         shared = [k for k in range(1, 61) if previous.text[-k:] == current.text[:k]]
         assert shared and max(shared) >= 20
