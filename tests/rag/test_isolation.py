@@ -97,7 +97,7 @@ async def test_admin_sharing_grants_read_then_write_then_nothing(
         await client.get(f"{INTERNAL}/collections/{collection['id']}", headers=admin.headers)
     ).status_code == 404
     everything = await client.get(f"{INTERNAL}/collections?all=true", headers=admin.headers)
-    assert [c["id"] for c in everything.json()] == [collection["id"]]
+    assert [(c["id"], c["access"]) for c in everything.json()] == [(collection["id"], "none")]
     refused = await client.get(f"{INTERNAL}/collections?all=true", headers=bob.headers)
     assert refused.status_code == 403
 

@@ -259,7 +259,9 @@ async def test_unsupported_or_empty_uploads_are_refused(
     assert await _count_documents(app) == 0
 
 
-async def test_malformed_requests_get_a_clear_400(actors: Any, client: Any, rag_api: Any) -> None:
+async def test_malformed_requests_get_a_clear_400(
+    app: Any, actors: Any, client: Any, rag_api: Any, settings: Settings
+) -> None:
     user = await actors.user()
     alice = rag_api(user)
     collection = await alice.create_collection()
@@ -281,6 +283,31 @@ async def test_malformed_requests_get_a_clear_400(actors: Any, client: Any, rag_
     )
     assert two_files.status_code == 400
     assert two_files.json()["code"] == "too_many_files"
+
+    body, headers = multipart_body(b"cut.txt", b"The body stops before its closing boundary.")
+    truncated = await client.post(
+        url, content=body[: body.rindex(b"\r\n--")], headers={**user["headers"], **headers}
+    )
+    assert truncated.status_code == 400
+    assert truncated.json()["code"] == "incomplete_upload"
+
+    huge_header = await client.post(
+        url,
+        content=b'--b\r\nContent-Disposition: form-data; name="'
+        + b"x" * 20000
+        + b'"\r\n\r\nv\r\n--b--\r\n',
+        headers={**user["headers"], "Content-Type": "multipart/form-data; boundary=b"},
+    )
+    assert huge_header.status_code == 400
+    many_parts = await client.post(
+        url,
+        data={f"f{n}": "v" for n in range(40)},
+        files={"file": ("a.txt", b"x")},
+        headers=user["headers"],
+    )
+    assert many_parts.status_code == 400
+    assert await _count_documents(app) == 0
+    assert _stored_files(settings) == []
 
 
 # --- duplicates ----------------------------------------------------------------------------

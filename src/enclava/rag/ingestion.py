@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 MAX_CHUNKS_PER_DOCUMENT = 50_000
-EMBED_BATCH = 64
+# One embedder call per batch; searches share the embedder thread, so batches stay short.
+EMBED_BATCH = 32
 # Share of the progress bar given to parsing; embedding and storing fill the rest.
 _PARSED_PROGRESS = 0.1
 

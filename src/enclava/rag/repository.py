@@ -51,15 +51,18 @@ async def get_collection_unscoped(
     return await session.get(RagCollection, collection_id)
 
 
-async def share_permission(
-    session: AsyncSession, collection_id: uuid.UUID, user_id: uuid.UUID
-) -> str | None:
-    return await session.scalar(
-        select(RagCollectionShare.permission).where(
-            RagCollectionShare.collection_id == collection_id,
+async def share_permissions(
+    session: AsyncSession, user_id: uuid.UUID, collection_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    if not collection_ids:
+        return {}
+    result = await session.execute(
+        select(RagCollectionShare.collection_id, RagCollectionShare.permission).where(
             RagCollectionShare.user_id == user_id,
+            RagCollectionShare.collection_id.in_(set(collection_ids)),
         )
     )
+    return {row[0]: row[1] for row in result.all()}
 
 
 async def list_collections(

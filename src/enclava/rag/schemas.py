@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from enclava.rag.chunking import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 
-Access = Literal["owner", "write", "read"]
+Access = Literal["owner", "write", "read", "none"]
 SearchMode = Literal["hybrid", "dense", "sparse"]
 Scalar = str | int | bool
 # Payload fields a search may filter on; ``metadata.<key>`` reaches a document's own metadata.

@@ -93,24 +93,18 @@ async def _collection(
     raise NotFoundError("Collection not found", code="collection_not_found")
 
 
-def _access(collection: RagCollection, subject: AuthSubject, share: str | None) -> str:
-    if collection.user_id == subject.user_id:
-        return "owner"
-    return share or "read"
-
-
 async def _views(
     session: AsyncSession, subject: AuthSubject, collections: list[RagCollection]
 ) -> list[CollectionRead]:
     ids = [c.id for c in collections]
     counts = await repository.document_counts(session, ids)
     emails = await repository.emails(session, [c.user_id for c in collections])
+    shares = await repository.share_permissions(session, subject.user_id, ids)
     views = []
     for collection in collections:
-        share = (
-            None
-            if collection.user_id == subject.user_id
-            else await repository.share_permission(session, collection.id, subject.user_id)
+        # "none": an administrator's overview of a collection they may not read.
+        access = (
+            "owner" if collection.user_id == subject.user_id else shares.get(collection.id, "none")
         )
         views.append(
             CollectionRead(
@@ -122,7 +116,7 @@ async def _views(
                 chunk_overlap=collection.chunk_overlap,
                 owner_id=collection.user_id,
                 owner_email=emails.get(collection.user_id, ""),
-                access=_access(collection, subject, share),
+                access=access,
                 document_count=counts.get(collection.id, 0),
                 created_at=collection.created_at,
                 updated_at=collection.updated_at,

@@ -29,6 +29,8 @@ FILE_FIELD = "file"
 # Room for multipart boundaries, part headers and the small form fields beside the file.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 MAX_FIELD_BYTES = 16 * 1024
+MAX_HEADER_BYTES = 8 * 1024
+MAX_PARTS = 16
 MAX_FILENAME_CHARS = 200
 _WRITE_BUFFER = 1024 * 1024
 _HEAD_BYTES = 4096
@@ -93,19 +95,38 @@ class _UploadReceiver:
         self.filename: str | None = None
         self.declared_type: str | None = None
         self.error: Exception | None = None
+        self.parts = 0
+        self.ended = False
 
     # Parser callbacks (synchronous; they only touch memory).
 
     def on_part_begin(self) -> None:
         self.part = _PartState()
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            self.error = self.error or BadRequestError(
+                f"The form has more than {MAX_PARTS} parts", code="malformed_multipart"
+            )
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         assert self.part is not None
         self.part.header_field += data[start:end]
+        self._check_header(self.part.header_field)
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
         assert self.part is not None
         self.part.header_value += data[start:end]
+        self._check_header(self.part.header_value)
+
+    def _check_header(self, value: bytearray) -> None:
+        if len(value) > MAX_HEADER_BYTES:
+            value.clear()
+            self.error = self.error or BadRequestError(
+                "A multipart header is too long", code="malformed_multipart"
+            )
+
+    def on_end(self) -> None:
+        self.ended = True
 
     def on_header_end(self) -> None:
         part = self.part
@@ -222,10 +243,15 @@ async def receive_upload(request: Request, incoming_dir: Path, max_bytes: int) -
         "on_header_value": receiver.on_header_value,
         "on_header_end": receiver.on_header_end,
         "on_headers_finished": receiver.on_headers_finished,
+        "on_end": receiver.on_end,
     }
     parser = MultipartParser(boundary, callbacks)
+    received = 0
     try:
         async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes + MULTIPART_OVERHEAD_BYTES:
+                raise _too_large(max_bytes)
             try:
                 parser.write(chunk)
             except Exception as exc:  # the parser's own errors: a malformed body
@@ -240,6 +266,10 @@ async def receive_upload(request: Request, incoming_dir: Path, max_bytes: int) -
             raise receiver.error
         if not receiver.file_seen:
             raise BadRequestError("The form has no 'file' field", code="missing_file")
+        if not receiver.ended:
+            raise BadRequestError(
+                "The upload ended before the multipart body was complete", code="incomplete_upload"
+            )
         await receiver.drain(force=True)
         if receiver.path is None:  # an empty file still gets a (empty) file on disk
             await asyncio.to_thread(receiver._write_sync, b"")
