@@ -308,6 +308,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("progress", sa.Double(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("chunk_count", sa.Integer(), nullable=True),
         sa.Column("page_count", sa.Integer(), nullable=True),
         sa.Column("metadata", enclava.models.base.JSONType(), nullable=False),
