@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from enclava import __version__
 from enclava.auth.router import router as auth_router
@@ -17,6 +18,13 @@ from enclava.health.router import router as health_router
 from enclava.kit.cache import create_cache
 from enclava.kit.logging import configure_logging
 from enclava.kit.middleware import RequestIdMiddleware
+from enclava.security.body_limit import BodySizeLimitMiddleware
+from enclava.security.csrf import CsrfMiddleware
+from enclava.security.detection import ThreatDetectionMiddleware
+from enclava.security.headers import SecurityHeadersMiddleware
+from enclava.security.openapi import install_openapi_error_schemas
+from enclava.security.router import router as security_router
+from enclava.security.url_credentials import UrlCredentialsMiddleware
 from enclava.state import AppState
 from enclava.users.router import router as users_router
 from enclava.web.router import router as web_router
@@ -37,6 +45,7 @@ def _internal_api() -> APIRouter:
     router = APIRouter(prefix=INTERNAL_PREFIX)
     router.include_router(auth_router)
     router.include_router(users_router)
+    router.include_router(security_router)
     return router
 
 
@@ -79,8 +88,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(_internal_api())
     app.include_router(web_router)
     app.mount("/static", static_files, name="static")
-    app.add_middleware(RequestIdMiddleware)
+    install_openapi_error_schemas(app)
+    _add_security_middleware(app, settings)
+    app.add_middleware(RequestIdMiddleware)  # added last: the outermost layer
     return app
+
+
+def _add_security_middleware(app: FastAPI, settings: Settings) -> None:
+    """docs/security.md. Added innermost first; a request passes them in the reverse order:
+    headers, CORS, body limit, credentials in URLs, CSRF, threat detection."""
+    app.add_middleware(
+        ThreatDetectionMiddleware,
+        mode=settings.threat_detection,
+        max_scan_bytes=settings.threat_scan_max_body_bytes,
+    )
+    app.add_middleware(CsrfMiddleware, trusted_origins=settings.cors_origins)
+    app.add_middleware(UrlCredentialsMiddleware)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.max_request_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=settings.cors_allow_credentials,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-CSRF-Token"],
+            expose_headers=[
+                "X-Request-ID",
+                "Retry-After",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+            ],
+            max_age=600,
+        )
+    app.add_middleware(SecurityHeadersMiddleware, hsts_max_age_s=settings.hsts_max_age_s)
 
 
 def create_app_from_env() -> FastAPI:

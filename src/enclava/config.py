@@ -32,7 +32,9 @@ KNOWN_DEFAULT_SECRETS = frozenset(
 )
 
 
-_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(?::\d{1,5})?|https?://\[[0-9A-Fa-f:.]+\](?::\d{1,5})?")
+_ORIGIN = re.compile(
+    r"https?://[A-Za-z0-9.-]+(?::\d{1,5})?|https?://\[[0-9A-Fa-f:.]+\](?::\d{1,5})?"
+)
 
 
 class SettingsError(RuntimeError):

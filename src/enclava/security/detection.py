@@ -73,7 +73,9 @@ def scan_request_line(scope: Scope, *, include_query: bool = True) -> list[Findi
             findings += scan_value(value, location, url_encoded=True)
     for key, value in scope.get("headers", ()):
         if key in SCANNED_HEADERS:
-            findings += scan_value(bytes(value).decode("latin-1"), _location("header", key.decode()))
+            findings += scan_value(
+                bytes(value).decode("latin-1"), _location("header", key.decode())
+            )
     return findings
 
 

@@ -4,7 +4,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SECRET_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,99}$"
+SECRET_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,99}$"  # noqa: S105 - a name pattern
 
 
 class AppSecretWrite(BaseModel):

@@ -250,7 +250,7 @@ def excerpt(text: str, start: int, end: int) -> str:
 
 def scan_value(value: str, location: str, *, url_encoded: bool = False) -> list[Finding]:
     """Every rule ``value`` triggers (at most one finding per rule)."""
-    if not value or not _TRIGGER.search(value) and value.isascii():
+    if not value or (not _TRIGGER.search(value) and value.isascii()):
         return []
     lowered = value.lower()
     decoded = normalise(value, url_encoded=url_encoded)
