@@ -61,9 +61,7 @@ async def test_cross_site_requests_are_refused_even_with_a_valid_token(
     assert user["email"] in (await client.get("/")).text
 
 
-async def test_missing_or_wrong_token_is_refused(
-    client: httpx.AsyncClient, actors: Actors
-) -> None:
+async def test_missing_or_wrong_token_is_refused(client: httpx.AsyncClient, actors: Actors) -> None:
     user = await actors.user()
     token = await sign_in(client, user["email"])
     for form in ({}, {"csrf_token": "wrong"}, {"csrf_token": token + "x"}):
