@@ -70,6 +70,10 @@ def test_excerpt_is_short_printable_and_only_the_match() -> None:
     assert finding.excerpt.startswith("' or 1=1")
     assert len(finding.excerpt) <= 48 and finding.excerpt.isprintable()
     assert secretish.lower() not in finding.excerpt
+    key = "ek_" + "Q1w2E3r4T5y6U7i8O9p0"
+    payload = "1 UNION SELECT " + key + ", b FROM t"  # noqa: S608 - an attack string
+    (union,) = [f for f in scan_value(payload, "q") if "union" in f.rule_id]
+    assert key.lower()[:8] not in union.excerpt and "[...]" in union.excerpt
 
 
 def test_every_rule_belongs_to_a_known_category_and_has_a_unique_id() -> None:

@@ -216,6 +216,7 @@ _TRIGGER = re.compile(
 )
 _EXCERPT_LENGTH = 48
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+_TOKEN_LIKE = re.compile(r"[A-Za-z0-9_+/=-]{16,}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,8 +244,11 @@ def normalise(value: str, *, url_encoded: bool = False) -> str:
 
 
 def excerpt(text: str, start: int, end: int) -> str:
-    """A short, printable piece of the matched text, for the audit trail (never the value)."""
-    piece = text[start : min(end, start + _EXCERPT_LENGTH)]
+    """A short, printable piece of the matched text, for the audit trail (never the value).
+
+    Long unbroken runs of token characters are cut out: should a key or token sit inside a
+    match, no usable part of it reaches the audit log."""
+    piece = _TOKEN_LIKE.sub("[...]", text[start : min(end, start + _EXCERPT_LENGTH)])
     return _UNPRINTABLE.sub("?", piece)
 
 
