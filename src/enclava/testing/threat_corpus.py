@@ -6,7 +6,7 @@ would see (a 403, or its request reaching the application unchanged). Used by
 ``tests/security`` and ``bench/security``.
 
 Corpora (JSON lines, in ``tests/security/data``; ``*_holdout`` files were written after the
-rules were tuned on the others and are reported separately):
+rules were final and are reported separately, see docs/security.md):
 - ``benign_management.jsonl``: management requests ``{method, path, query?, headers?, json?|form?}``
 - ``benign_prompts.jsonl``: ``{prompt}``, sent as LLM content on every content route and as a
   chatbot's system prompt
@@ -68,7 +68,7 @@ class Probe:
         )
 
 
-async def _echo(scope: Scope, receive: Receive, send: Send) -> None:
+async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Answers 200 with the body it received."""
     chunks = []
     while True:
@@ -193,7 +193,7 @@ class Figures:
 
 
 async def measure(benign: list[Probe], attacks: list[tuple[str, str, Probe]]) -> Figures:
-    app = ThreatDetectionMiddleware(_echo, mode="block")
+    app = ThreatDetectionMiddleware(echo_app, mode="block")
     false_positives = []
     for probe in benign:
         status, body = await send_probe(app, probe)
@@ -214,8 +214,9 @@ async def measure(benign: list[Probe], attacks: list[tuple[str, str, Probe]]) ->
 
 
 async def measure_corpus(data_dir: Path, *, holdout: bool = False) -> Figures:
-    """The figures for the tuning corpora, or for the held-out ones (written after the rules
-    were tuned and never used to change them)."""
+    """The figures for the tuning corpora (round 1, and round 2 which was first written as a
+    held-out set and then used to extend the rules), or for the held-out corpora written after
+    the rules were final and never used to change them."""
     if holdout:
         benign = benign_probes(data_dir / "benign_management_holdout.jsonl")
         attacks = attack_probes(data_dir / "attack_payloads_holdout.jsonl")
@@ -223,5 +224,7 @@ async def measure_corpus(data_dir: Path, *, holdout: bool = False) -> Figures:
         benign = benign_probes(
             data_dir / "benign_management.jsonl", data_dir / "benign_prompts.jsonl"
         )
+        benign += benign_probes(data_dir / "benign_management_round2.jsonl")
         attacks = attack_probes(data_dir / "attack_payloads.jsonl")
+        attacks += attack_probes(data_dir / "attack_payloads_round2.jsonl")
     return await measure(benign, attacks)

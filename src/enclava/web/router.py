@@ -21,8 +21,8 @@ from enclava.auth.tokens import create_access_token, decode_access_token
 from enclava.db import DbSession
 from enclava.errors import AppError
 from enclava.kit.crypto import constant_time_equals, random_token
-from enclava.security.csrf import CSRF_COOKIE, SESSION_COOKIE
 from enclava.models import User
+from enclava.security.csrf import CSRF_COOKIE, SESSION_COOKIE
 
 _HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(_HERE / "templates"))
