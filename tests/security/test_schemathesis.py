@@ -35,30 +35,43 @@ EXAMPLES_PER_MODE = 6
 RUN_LAST = ("/auth/logout",)
 
 
-async def seed(settings: Settings) -> dict[str, str]:
+# Operations take turns among a few administrators and keys, so per-user and per-key rate
+# limits do not turn most generated requests into 429s.
+IDENTITIES = 6
+
+
+async def seed(settings: Settings) -> list[dict[str, str]]:
     from enclava.api_keys import service as keys
     from enclava.auth import service as auth
     from enclava.db import create_engine
 
     engine = create_engine(settings)
+    identities = []
     try:
         async with transaction(create_session_factory(engine)) as session:
-            admin = await auth.create_user(
-                session, email="fuzz-admin@example.com", password=PASSWORD, role="admin"
-            )
-            _, key = await keys.create_key(
-                session, settings.secret_key_value, admin, name="fuzz", scopes=sorted(ALL_SCOPES)
-            )
+            for number in range(IDENTITIES):
+                email = f"fuzz-admin-{number}@example.com"
+                admin = await auth.create_user(
+                    session, email=email, password=PASSWORD, role="admin"
+                )
+                _, key = await keys.create_key(
+                    session,
+                    settings.secret_key_value,
+                    admin,
+                    name="fuzz",
+                    scopes=sorted(ALL_SCOPES),
+                )
+                identities.append({"email": email, "key": key})
     finally:
         await engine.dispose()
-    return {"email": "fuzz-admin@example.com", "key": key}
+    return identities
 
 
-def credentials_for(path: str, jwt: str, key: str) -> dict[str, str]:
+def credentials_for(path: str, identity: dict[str, str]) -> dict[str, str]:
     if path.startswith("/api-internal/"):
-        return {"Authorization": f"Bearer {jwt}"}
+        return {"Authorization": f"Bearer {identity['jwt']}"}
     if path.startswith("/api/v1/"):
-        return {"Authorization": f"Bearer {key}"}
+        return {"Authorization": f"Bearer {identity['key']}"}
     return {}
 
 
@@ -101,21 +114,22 @@ def fuzz_operation(
 
 def test_every_operation_survives_fuzzing(settings: Settings) -> None:
     app = create_app(settings.model_copy(update={"threat_detection": "off"}))
-    created = asyncio.run(seed(settings))
+    identities = asyncio.run(seed(settings))
     failures: dict[str, list[str]] = {}
     cases = 0
     with serve_in_thread(app) as url:
-        login = httpx.post(
-            f"{url}/api-internal/v1/auth/login",
-            json={"email": created["email"], "password": PASSWORD},
-        )
-        jwt = login.json()["access_token"]
+        for identity in identities:
+            login = httpx.post(
+                f"{url}/api-internal/v1/auth/login",
+                json={"email": identity["email"], "password": PASSWORD},
+            )
+            identity["jwt"] = login.json()["access_token"]
         schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
         operations = [result.ok() for result in schema.get_all_operations()]
         operations.sort(key=lambda op: any(op.path.endswith(last) for last in RUN_LAST))
         assert len(operations) >= 8
-        for operation in operations:
-            headers = credentials_for(operation.path, jwt, created["key"])
+        for number, operation in enumerate(operations):
+            headers = credentials_for(operation.path, identities[number % IDENTITIES])
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                 run, failed = fuzz_operation(operation, mode, headers)
                 cases += run
