@@ -10,6 +10,8 @@ from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from enclava import __version__
+from enclava.api_keys.router import router as api_keys_router
+from enclava.audit.router import router as audit_router
 from enclava.auth.router import router as auth_router
 from enclava.config import Settings, get_settings
 from enclava.db import create_engine, create_session_factory
@@ -18,6 +20,7 @@ from enclava.health.router import router as health_router
 from enclava.kit.cache import create_cache
 from enclava.kit.logging import configure_logging
 from enclava.kit.middleware import RequestIdMiddleware
+from enclava.ratelimit.middleware import RateLimitHeadersMiddleware
 from enclava.security.body_limit import BodySizeLimitMiddleware
 from enclava.security.csrf import CsrfMiddleware
 from enclava.security.detection import ThreatDetectionMiddleware
@@ -45,6 +48,8 @@ def _internal_api() -> APIRouter:
     router = APIRouter(prefix=INTERNAL_PREFIX)
     router.include_router(auth_router)
     router.include_router(users_router)
+    router.include_router(api_keys_router)
+    router.include_router(audit_router)
     router.include_router(security_router)
     return router
 
@@ -89,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web_router)
     app.mount("/static", static_files, name="static")
     install_openapi_error_schemas(app)
+    app.add_middleware(RateLimitHeadersMiddleware)
     _add_security_middleware(app, settings)
     app.add_middleware(RequestIdMiddleware)  # added last: the outermost layer
     return app

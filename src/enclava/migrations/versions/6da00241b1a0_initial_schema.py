@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: d6c790d4f6f7
+Revision ID: 6da00241b1a0
 Revises:
-Create Date: 2026-11-26 11:59:53.177408
+Create Date: 2026-11-26 12:18:29.782386
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ from alembic import op
 import enclava.models.base
 import enclava.models.encrypted
 
-revision: str = "d6c790d4f6f7"
+revision: str = "6da00241b1a0"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -94,8 +94,6 @@ def upgrade() -> None:
         sa.Column("full_name", sa.String(length=200), nullable=True),
         sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("is_active", sa.Boolean(), nullable=False),
-        sa.Column("failed_login_count", sa.Integer(), nullable=False),
-        sa.Column("locked_until", enclava.models.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column("last_login_at", enclava.models.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("created_at", enclava.models.base.UTCDateTime(timezone=True), nullable=False),
