@@ -27,6 +27,7 @@ from enclava.security.detection import ThreatDetectionMiddleware
 from enclava.security.headers import SecurityHeadersMiddleware
 from enclava.security.openapi import install_openapi_error_schemas
 from enclava.security.router import router as security_router
+from enclava.security.text_sanity import TextSanityMiddleware
 from enclava.security.url_credentials import UrlCredentialsMiddleware
 from enclava.state import AppState
 from enclava.users.router import router as users_router
@@ -102,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _add_security_middleware(app: FastAPI, settings: Settings) -> None:
     """docs/security.md. Added innermost first; a request passes them in the reverse order:
-    headers, CORS, body limit, credentials in URLs, CSRF, threat detection."""
+    headers, CORS, body limit, text sanity, credentials in URLs, CSRF, threat detection."""
     app.add_middleware(
         ThreatDetectionMiddleware,
         mode=settings.threat_detection,
@@ -110,6 +111,7 @@ def _add_security_middleware(app: FastAPI, settings: Settings) -> None:
     )
     app.add_middleware(CsrfMiddleware, trusted_origins=settings.cors_origins)
     app.add_middleware(UrlCredentialsMiddleware)
+    app.add_middleware(TextSanityMiddleware)
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_body_bytes=settings.max_request_body_bytes,

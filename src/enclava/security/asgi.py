@@ -60,12 +60,19 @@ async def send_error(
     *,
     code: str,
     openai_type: str = "invalid_request_error",
+    param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> None:
     """An error in the shape of the API the request was for (OpenAI under /api/v1)."""
     from enclava.errors import error_response
 
     response = error_response(
-        Request(scope), status_code, message, code=code, openai_type=openai_type, headers=headers
+        Request(scope),
+        status_code,
+        message,
+        code=code,
+        openai_type=openai_type,
+        param=param,
+        headers=headers,
     )
     await response(scope, receive, send)

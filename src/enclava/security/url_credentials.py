@@ -3,8 +3,9 @@
 URLs end up in proxy logs, browser history and ``Referer`` headers, so Enclava accepts API keys
 and tokens only in the ``Authorization`` header. A request whose query string names a
 credential parameter (``api_key``, ``access_token``, ...) or carries a value shaped like an
-Enclava API key, refresh token or JWT is answered 401, in the shape of the API it was for,
-before any authentication runs. The value is never logged or recorded.
+Enclava API key, refresh token or JWT is answered 400 ``credentials_in_query``, in the shape of
+the API it was for, before any authentication runs (on every route, the dashboard included;
+``auth.dependencies`` applies the same rule to authenticated routes). The value is never logged or recorded.
 """
 
 from __future__ import annotations
@@ -36,9 +37,8 @@ CREDENTIAL_PARAMETERS = frozenset(
     }
 )
 _CREDENTIAL_VALUE = re.compile(
-    r"^(?:bearer\s+)?(?:ek_[A-Za-z0-9_-]{16,}|ert_[A-Za-z0-9_-]{16,}|"
-    r"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*)$",
-    re.IGNORECASE,
+    r"(?<![A-Za-z0-9_])(?:ek_[A-Za-z0-9_-]{16,}|ert_[A-Za-z0-9_-]{16,}|"
+    r"eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.)"
 )
 
 
@@ -51,7 +51,7 @@ def credential_in_query(query_string: bytes) -> str | None:
         value = unquote_plus(raw_value).strip()
         if name in CREDENTIAL_PARAMETERS and value:
             return name
-        if _CREDENTIAL_VALUE.match(value):
+        if _CREDENTIAL_VALUE.search(value):
             return name
     return None
 
@@ -76,9 +76,9 @@ class UrlCredentialsMiddleware:
             scope,
             receive,
             send,
-            401,
-            "Credentials must be sent in the Authorization header, never in the URL",
-            code="credentials_in_url",
-            openai_type="authentication_error",
-            headers={"WWW-Authenticate": "Bearer"},
+            400,
+            "Credentials are accepted only in the 'Authorization: Bearer' header, never in the "
+            "URL. Treat a key that was sent in a URL as leaked and rotate it.",
+            code="credentials_in_query",
+            param=parameter[:40],
         )
