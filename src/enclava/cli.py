@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -22,8 +23,12 @@ app = typer.Typer(
 )
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 users_app = typer.Typer(no_args_is_help=True, help="User accounts.")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys and encryption keys.")
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
+rag_app = typer.Typer(no_args_is_help=True, help="RAG collections (through a running server).")
+app.add_typer(rag_app, name="rag")
 
 
 def _load_settings() -> Settings:
@@ -86,7 +91,7 @@ def serve(
         workers=workers,
         log_config=None,
         proxy_headers=True,
-        forwarded_allow_ips="127.0.0.1",
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=10,
     )
 
@@ -144,6 +149,173 @@ def mock_upstream(
 
     typer.echo(f"mock upstream on http://{host}:{port}/v1", err=True)
     serve(host=host, port=port, latency_ms=latency_ms, completion_tokens=completion_tokens)
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+@keys_app.command("create")
+def keys_create(
+    user: Annotated[str, typer.Option(help="Email of the key's owner.")],
+    name: Annotated[str, typer.Option(help="A name to recognise the key by.")],
+    tier: Annotated[str, typer.Option(help="Rate-limit tier: standard or premium.")] = "standard",
+    scopes: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated scopes (default llm.chat,llm.embeddings,llm.models)."),
+    ] = None,
+    budget: Annotated[
+        str | None, typer.Option(help="Hard budget in USD for the key (needs --period).")
+    ] = None,
+    period: Annotated[
+        str | None, typer.Option(help="Budget period: daily, weekly, monthly or total.")
+    ] = None,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated model ids the key may use (default all).")
+    ] = None,
+    confidential_only: Annotated[
+        bool, typer.Option("--confidential-only", help="Only confidential providers.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
+) -> None:
+    """Create an API key and print it (it is shown only this once)."""
+    from enclava.api_keys import service
+    from enclava.audit import service as audit
+    from enclava.auth import repository
+    from enclava.budgets.service import create_budget
+    from enclava.errors import AppError
+
+    if (budget is None) != (period is None):
+        _fail("--budget and --period go together")
+    settings = _load_settings()
+
+    async def work(session: object) -> dict[str, object]:
+        owner = await repository.get_user_by_email(session, user)  # type: ignore[arg-type]
+        if owner is None:
+            raise typer.BadParameter(f"no user with email {user!r}", param_hint="--user")
+        api_key, plaintext = await service.create_key(
+            session,  # type: ignore[arg-type]
+            settings.secret_key_value,
+            owner,
+            name=name,
+            scopes=_split(scopes),
+            tier=tier,
+            allowed_models=_split(models),
+            confidential_only=confidential_only,
+        )
+        audit.record(
+            session,  # type: ignore[arg-type]
+            action="api_key.create",
+            user_id=owner.id,
+            resource_type="api_key",
+            resource_id=api_key.id,
+            details={"owner_id": str(owner.id), "name": api_key.name, "via": "cli"},
+        )
+        created: dict[str, object] = {
+            "id": str(api_key.id),
+            "key": plaintext,
+            "name": api_key.name,
+            "user": owner.email,
+            "user_id": str(owner.id),
+            "scopes": api_key.scopes,
+            "tier": api_key.tier,
+            "allowed_models": api_key.allowed_models,
+            "confidential_only": api_key.confidential_only,
+        }
+        if budget is not None and period is not None:
+            row = await create_budget(
+                session,  # type: ignore[arg-type]
+                api_key_id=api_key.id,
+                name=f"{api_key.name} budget",
+                limit_usd=budget,
+                period=period,
+            )
+            created["budget"] = {"id": str(row.id), "limit_usd": budget, "period": period}
+        return created
+
+    try:
+        created = run_with_session(settings, work)
+    except AppError as exc:
+        _fail(exc.message)
+    except typer.BadParameter as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(created) if as_json else str(created["key"]))
+
+
+@rag_app.command("ingest")
+def rag_ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders (walked recursively).")],
+    collection: Annotated[str, typer.Option(help="Collection name; created when missing.")],
+    user: Annotated[str, typer.Option(help="Email of the account that owns the collection.")],
+    server: Annotated[
+        str, typer.Option(envvar="ENCLAVA_SERVER_URL", help="The running Enclava server.")
+    ] = "http://127.0.0.1:8000",
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="ENCLAVA_API_KEY", help="API key with rag.write (else a password)."),
+    ] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(envvar="ENCLAVA_PASSWORD", help="Password of --user (prompted if needed)."),
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until every document is processed.")] = True,
+) -> None:
+    """Upload documents to a collection with a progress bar and report each file's result."""
+    from rich.console import Console
+
+    from enclava.rag.ingest_client import IngestClient, IngestError, ingest, results_table
+
+    if not api_key and password is None:
+        password = typer.prompt(f"Password for {user}", hide_input=True)
+    try:
+        client = IngestClient(server, user=user, api_key=api_key, password=password)
+    except IngestError as exc:
+        _fail(str(exc))
+    try:
+        results = ingest(client, collection, paths, wait=wait)
+    except IngestError as exc:
+        _fail(str(exc))
+    finally:
+        client.close()
+    Console().print(results_table(collection, results))
+    if not all(result.ok for result in results):
+        raise typer.Exit(1)
+
+
+@keys_app.command("rotate-encryption")
+def keys_rotate_encryption(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be re-encrypted; write nothing.")
+    ] = False,
+) -> None:
+    """Re-encrypt every secret at rest under ENCLAVA_ENCRYPTION_KEY.
+
+    Set the new key as ENCLAVA_ENCRYPTION_KEY and the old one(s) in
+    ENCLAVA_ENCRYPTION_KEY_PREVIOUS (comma-separated) first; remove the old ones afterwards.
+    """
+    from enclava.db import create_engine
+    from enclava.kit.crypto import SecretBox
+    from enclava.models import Base
+    from enclava.security.rotation import RotationError, rotate_encryption
+
+    settings = _load_settings()
+    box = SecretBox(settings.encryption_key_value, *settings.previous_encryption_keys)
+
+    async def runner() -> dict[str, object]:
+        engine = create_engine(settings)
+        try:
+            report = await rotate_encryption(engine, box, Base.metadata, dry_run=dry_run)
+        finally:
+            await engine.dispose()
+        return report.as_dict()
+
+    try:
+        result = asyncio.run(runner())
+    except RotationError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({**result, "dry_run": dry_run}))
 
 
 def main() -> None:

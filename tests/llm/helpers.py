@@ -94,3 +94,15 @@ async def app_with_providers(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield app, client
+
+
+def second_instance(settings: Any, tmp_path: Path) -> Any:
+    """Settings for another app instance on the same database with a data dir (vector store)
+    of its own, as a second machine would have."""
+    from enclava.config import Settings
+
+    other = tmp_path / "second-instance"
+    other.mkdir(exist_ok=True)
+    values = {**settings.model_dump(), "data_dir": other}
+    values["database_url"] = settings.resolved_database_url
+    return Settings(_env_file=None, **values)

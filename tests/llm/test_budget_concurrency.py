@@ -8,6 +8,7 @@ the same for every interleaving.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +18,7 @@ from enclava.config import Settings
 from enclava.testing.mock_upstream import Simulator
 from tests.conftest import Actors
 from tests.llm.conftest import key_for
-from tests.llm.helpers import add_budget, budget, usage_cost_sum, usage_rows
+from tests.llm.helpers import add_budget, budget, second_instance, usage_cost_sum, usage_rows
 
 REQUEST = {"model": "exact-model", "messages": [{"role": "user", "content": "count"}]}
 COST = 50 * 2000
@@ -65,11 +66,12 @@ async def test_two_instances_share_one_budget(
     client: httpx.AsyncClient,
     actors: Actors,
     mock_upstream: Simulator,
+    tmp_path: Path,
 ) -> None:
     mock_upstream.config.completion_tokens = 1000
     key = await key_for(actors)
     budget_id = await add_budget(app, key["owner"], LIMIT)
-    second = create_app(settings)
+    second = create_app(second_instance(settings, tmp_path))
     async with second.router.lifespan_context(second):
         transport = httpx.ASGITransport(app=second)
         async with httpx.AsyncClient(transport=transport, base_url="http://second") as other:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -16,16 +17,16 @@ from enclava.testing.mock_upstream import Simulator
 from enclava.testing.server import serve_in_thread
 from tests.conftest import Actors
 from tests.llm.conftest import key_for
-from tests.llm.helpers import add_budget
+from tests.llm.helpers import add_budget, second_instance
 from tests.specs.openai import assert_valid
 
 MESSAGES: Any = [{"role": "user", "content": "Say hello"}]
 
 
 @pytest.fixture
-def base_url(settings: Settings, app: Any) -> Iterator[str]:
+def base_url(settings: Settings, app: Any, tmp_path: Path) -> Iterator[str]:
     # A second app instance on the same database, served by uvicorn in a thread.
-    with serve_in_thread(create_app(settings)) as url:
+    with serve_in_thread(create_app(second_instance(settings, tmp_path))) as url:
         yield url + "/api/v1"
 
 

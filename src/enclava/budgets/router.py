@@ -10,6 +10,7 @@ from enclava.auth.dependencies import UserSubject
 from enclava.budgets import repository, service
 from enclava.budgets.schemas import BudgetCreate, BudgetRead, BudgetUpdate
 from enclava.db import DbSession
+from enclava.kit.pagination import Offset
 
 router = APIRouter(prefix="/budgets", tags=["budgets"])
 
@@ -20,7 +21,7 @@ async def list_budgets(
     session: DbSession,
     user_id: uuid.UUID | None = None,
     api_key_id: uuid.UUID | None = None,
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
     limit: int = Query(100, ge=1, le=500),
 ) -> list[BudgetRead]:
     budgets = await repository.list_budgets(
@@ -31,7 +32,7 @@ async def list_budgets(
 
 @router.post("", response_model=BudgetRead, status_code=201)
 async def create_budget(body: BudgetCreate, subject: UserSubject, session: DbSession) -> BudgetRead:
-    budget = await service.create_budget(session, subject, **body.model_dump())
+    budget = await service.add_budget(session, subject, **body.model_dump())
     return BudgetRead.model_validate(service.to_read(budget))
 
 

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import update
@@ -433,15 +434,66 @@ def to_read(budget: Budget) -> dict[str, Any]:
 
 
 def _nanousd(amount: Any) -> int:
-    from enclava.llm.pricing import to_nanousd
-
+    """USD (number or decimal string) to nano-dollars, exactly, or a 400."""
     try:
-        return to_nanousd(amount)
-    except ValueError:
-        raise BadRequestError("amounts have at most nine decimals", param="limit_usd") from None
+        value = Decimal(str(amount))
+    except InvalidOperation:
+        raise BadRequestError(
+            "The budget limit must be a number of USD", param="limit_usd"
+        ) from None
+    nanos = value * NANOUSD_PER_USD if value.is_finite() else value
+    if not value.is_finite() or value < 0 or nanos != nanos.to_integral_value():
+        raise BadRequestError(
+            "The budget limit must be a non-negative amount of USD with at most 9 decimals",
+            param="limit_usd",
+        )
+    return int(nanos)
 
 
 async def create_budget(
+    session: AsyncSession,
+    *,
+    user_id: uuid.UUID | None = None,
+    api_key_id: uuid.UUID | None = None,
+    name: str,
+    limit_usd: Decimal | str | int | float,
+    period: str,
+    soft_thresholds: list[int] | None = None,
+    is_active: bool = True,
+    created_by_id: uuid.UUID | None = None,
+) -> Budget:
+    """Add a hard budget of ``limit_usd`` per ``period`` for a user or an API key (no
+    authorisation: the CLI and ``add_budget`` decide who may).
+
+    The amount is converted to nano-dollars exactly (through ``Decimal``); amounts finer than
+    a nano-dollar are refused rather than rounded.
+    """
+    if (user_id is None) == (api_key_id is None):
+        raise BadRequestError("A budget belongs to exactly one user or one API key")
+    if period not in PERIODS:
+        raise BadRequestError(
+            f"Unknown budget period {period!r}; use one of {', '.join(PERIODS)}", param="period"
+        )
+    budget = Budget(
+        user_id=user_id,
+        api_key_id=api_key_id,
+        name=name,
+        period=period,
+        limit_nanousd=_nanousd(limit_usd),
+        spent_nanousd=0,
+        reserved_nanousd=0,
+        period_started_at=period_start(period, utcnow()),
+        soft_thresholds=sorted(set(soft_thresholds or [])),
+        notified_threshold=0,
+        is_active=is_active,
+        created_by_id=created_by_id,
+    )
+    session.add(budget)
+    await session.flush()
+    return budget
+
+
+async def add_budget(
     session: AsyncSession,
     subject: AuthSubject,
     *,
@@ -453,12 +505,10 @@ async def create_budget(
     soft_thresholds: list[int] | None = None,
     is_active: bool = True,
 ) -> Budget:
-    """Create a budget for a user or an API key. Users may budget themselves and their own
-    keys; administrators anyone."""
+    """Create a budget on the internal API. Users may budget themselves and their own keys
+    (neither owner given: the caller); administrators anyone. Audited."""
     from enclava.audit.service import record
 
-    if period not in PERIODS:
-        raise BadRequestError(f"Unknown period {period!r}", param="period")
     if user_id is not None and api_key_id is not None:
         raise BadRequestError("Give user_id or api_key_id, not both", param="api_key_id")
     if api_key_id is not None:
@@ -469,22 +519,17 @@ async def create_budget(
         user_id = user_id or subject.user_id
         if user_id != subject.user_id and not subject.is_admin:
             raise NotFoundError("User not found", param="user_id")
-    budget = Budget(
-        name=name,
+    budget = await create_budget(
+        session,
         user_id=user_id,
         api_key_id=api_key_id,
+        name=name,
+        limit_usd=limit_usd,
         period=period,
-        limit_nanousd=_nanousd(limit_usd),
-        spent_nanousd=0,
-        reserved_nanousd=0,
-        period_started_at=period_start(period, utcnow()),
-        soft_thresholds=sorted(set(soft_thresholds or [])),
-        notified_threshold=0,
+        soft_thresholds=soft_thresholds,
         is_active=is_active,
         created_by_id=subject.user_id,
     )
-    session.add(budget)
-    await session.flush()
     record(
         session,
         action="budget.create",
