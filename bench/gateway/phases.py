@@ -46,15 +46,17 @@ def _timed(name: str, fn: Any) -> Any:
 
 
 def _instrument() -> None:
-    from enclava.api_keys import service as keys
+    from enclava.api_keys import lookup
     from enclava.auth import dependencies
     from enclava.budgets import service as budgets
     from enclava.llm import gateway
     from enclava.llm.providers.http import HttpProvider
+    from enclava.ratelimit import service as ratelimit
 
-    dependencies.api_key_service.verify_key = _timed(
-        "auth: verify key (1 query + user)", keys.verify_key
-    )  # type: ignore[attr-defined]
+    dependencies.lookup.authenticate = _timed(  # type: ignore[attr-defined]
+        "auth: API key (cache + owner query)", lookup.authenticate
+    )
+    dependencies.ratelimit.enforce = _timed("rate limit: count the request", ratelimit.enforce)  # type: ignore[attr-defined]
     gateway._reserve = _timed("budget: reserve (+ commit request txn)", gateway._reserve)
     HttpProvider.chat = _timed("provider: upstream HTTP call", HttpProvider.chat)  # type: ignore[method-assign]
     budgets.SettlementQueue.settle = _timed(
