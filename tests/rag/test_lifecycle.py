@@ -32,14 +32,14 @@ class GatedEmbedder:
     def model_id(self) -> str:
         return str(self.inner.model_id)
 
-    async def embed_passages(self, texts: list[str]) -> np.ndarray:
+    async def embed_passages(self, texts: list[str], **context: Any) -> np.ndarray:
         self.calls += 1
         self.entered.set()
         await self.gate.wait()
-        return await self.inner.embed_passages(texts)
+        return await self.inner.embed_passages(texts, **context)
 
-    async def embed_queries(self, texts: list[str]) -> np.ndarray:
-        return await self.inner.embed_queries(texts)
+    async def embed_queries(self, texts: list[str], **context: Any) -> np.ndarray:
+        return await self.inner.embed_queries(texts, **context)
 
 
 def _gate(app: Any) -> GatedEmbedder:

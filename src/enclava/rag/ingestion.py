@@ -19,12 +19,14 @@ from typing import Any
 
 from sqlalchemy import update
 
+from enclava.auth.subject import AuthSubject
 from enclava.db import transaction
+from enclava.errors import AppError
 from enclava.kit.time import utcnow
-from enclava.models import RagCollection, RagDocument
+from enclava.models import RagCollection, RagDocument, User
 from enclava.rag import repository
 from enclava.rag.chunking import Chunk, chunk_blocks
-from enclava.rag.embedder import UnknownEmbeddingModelError
+from enclava.rag.embedder import MissingPayerError, UnknownEmbeddingModelError
 from enclava.rag.parsing import DocumentError, DocumentFormat, parse_file
 from enclava.rag.runtime import PROCESS_DOCUMENT_JOB, RagRuntime
 from enclava.rag.sparse import SparseVector, document_vector
@@ -53,6 +55,8 @@ class _Work:
     chunk_size: int
     chunk_overlap: int
     user_metadata: dict[str, Any]
+    # Who pays for a metered (provider) embedding model: the document's uploader.
+    payer: AuthSubject | None
 
 
 class _Gone(Exception):
@@ -115,6 +119,7 @@ async def _claim(runtime: RagRuntime, document_id: uuid.UUID) -> _Work | None:
         if document is None or collection is None:
             return None
         metadata = document.metadata_ or {}
+        uploader = await session.get(User, document.user_id)
         return _Work(
             document_id=document.id,
             collection_id=collection.id,
@@ -127,6 +132,9 @@ async def _claim(runtime: RagRuntime, document_id: uuid.UUID) -> _Work | None:
             chunk_size=collection.chunk_size,
             chunk_overlap=collection.chunk_overlap,
             user_metadata=dict(metadata.get("user") or {}),
+            payer=AuthSubject(kind="user", user=uploader)
+            if uploader and uploader.is_active
+            else None,
         )
 
 
@@ -167,7 +175,14 @@ async def _ingest(runtime: RagRuntime, work: _Work) -> tuple[int, int | None, di
         batch = chunks[start : start + EMBED_BATCH]
         texts = [chunk.embedding_text() for chunk in batch]
         began = time.perf_counter()
-        dense = await embedder.embed_passages(texts)
+        try:
+            dense = await embedder.embed_passages(texts, subject=work.payer)
+        except MissingPayerError:
+            raise DocumentError(
+                "The uploader's account is disabled; the document cannot be embedded"
+            )
+        except AppError as exc:  # refused by the gateway: budget, policy or provider down
+            raise DocumentError(f"Embedding with {work.embedding_model!r} failed: {exc.message}")
         sparse = await asyncio.to_thread(_sparse_vectors, texts, work.chunk_size)
         timings["embed_s"] += time.perf_counter() - began
 

@@ -21,7 +21,7 @@ from enclava.config import Settings
 from enclava.db import SessionFactory
 from enclava.kit.jobs import JobQueue
 from enclava.llm.local_embedder import LocalEmbedder
-from enclava.rag.embedder import EmbedderRegistry, LocalE5Embedder
+from enclava.rag.embedder import EmbedderRegistry, GatewayEmbedder, LocalE5Embedder
 from enclava.rag.vectorstore import VectorStore
 from enclava.state import AppState
 
@@ -73,6 +73,17 @@ def _runtime(request: Request) -> RagRuntime:
 Rag = Annotated[RagRuntime, Depends(_runtime)]
 
 
+def _register_provider_embedders(state: AppState, registry: EmbedderRegistry) -> None:
+    """Every configured embedding model other than the bundled one, through the gateway."""
+    from enclava.llm.registry import STATE_KEY, get_runtime
+
+    if STATE_KEY not in state.extras:
+        return
+    for model in get_runtime(state).models.values():
+        if model.kind == "embedding" and model.id not in registry:
+            registry.register(GatewayEmbedder(state, model.id))
+
+
 @asynccontextmanager
 async def rag_lifespan(state: AppState) -> AsyncIterator[RagRuntime]:
     """Open the store, register the ingestion job and requeue documents a restart interrupted.
@@ -96,6 +107,7 @@ async def rag_lifespan(state: AppState) -> AsyncIterator[RagRuntime]:
         embedders=EmbedderRegistry(LocalE5Embedder(local)),
         jobs=state.extras["jobs"],
     )
+    _register_provider_embedders(state, runtime.embedders)
     state.extras["rag"] = runtime
     state.readiness_checks["vector_store"] = store.ping
 

@@ -558,7 +558,7 @@ async def search(
     dense = None
     if mode in ("hybrid", "dense"):
         embedder = rag.embedders.get(collection.embedding_model)
-        dense = (await embedder.embed_queries([query]))[0]
+        dense = (await embedder.embed_queries([query], subject=subject, session=session))[0]
     sparse = query_vector(query) if mode in ("hybrid", "sparse") else None
     points = await rag.store.search(
         collection.qdrant_collection_name,
