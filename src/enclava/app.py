@@ -10,6 +10,7 @@ from fastapi import APIRouter, FastAPI
 
 from enclava import __version__
 from enclava.auth.router import router as auth_router
+from enclava.chatbot import router as chatbot_router
 from enclava.config import Settings, get_settings
 from enclava.db import create_engine, create_session_factory
 from enclava.errors import install_error_handlers
@@ -37,6 +38,8 @@ def _internal_api() -> APIRouter:
     router = APIRouter(prefix=INTERNAL_PREFIX)
     router.include_router(auth_router)
     router.include_router(users_router)
+    router.include_router(chatbot_router.internal)
+    router.include_router(chatbot_router.templates)
     return router
 
 
