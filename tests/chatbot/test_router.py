@@ -253,6 +253,15 @@ async def test_rag_collection_must_be_readable(
         client, alice, rag_collection_id=collection_id, top_k=3, score_threshold=0.5
     )
     assert mine["rag_collection_id"] == collection_id
+    assert (mine["top_k"], mine["score_threshold"], mine["search_mode"]) == (3, 0.5, "hybrid")
+    dense = await client.patch(
+        f"{BOTS}/{mine['id']}", json={"search_mode": "dense"}, headers=alice["headers"]
+    )
+    assert dense.json()["search_mode"] == "dense"
+    fuzzy = await client.patch(
+        f"{BOTS}/{mine['id']}", json={"search_mode": "fuzzy"}, headers=alice["headers"]
+    )
+    assert fuzzy.status_code == 422
     theirs = await client.post(
         BOTS,
         json={"name": "x", "model": "m", "rag_collection_id": collection_id},

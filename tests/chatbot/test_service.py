@@ -88,12 +88,18 @@ class FakeChat:
 class FakeRetriever:
     def __init__(self, chunks: list[RetrievedChunk]) -> None:
         self.chunks = chunks
-        self.calls: list[tuple[AuthSubject, uuid.UUID, str, int]] = []
+        self.calls: list[tuple[AuthSubject, uuid.UUID, str, int, str]] = []
 
     async def search(
-        self, subject: AuthSubject, collection_id: uuid.UUID, query: str, *, top_k: int
+        self,
+        subject: AuthSubject,
+        collection_id: uuid.UUID,
+        query: str,
+        *,
+        top_k: int,
+        mode: str = "hybrid",
     ) -> list[RetrievedChunk]:
-        self.calls.append((subject, collection_id, query, top_k))
+        self.calls.append((subject, collection_id, query, top_k, mode))
         return self.chunks[:top_k]
 
 
@@ -249,7 +255,12 @@ async def test_rag_sources_in_prompt_and_result(
     )
     chat = FakeChat()
     bot = await new_bot(
-        client, user, rag_collection_id=str(collection_id), top_k=3, score_threshold=0.5
+        client,
+        user,
+        rag_collection_id=str(collection_id),
+        top_k=3,
+        score_threshold=0.5,
+        search_mode="dense",
     )
     result = await service.run_turn(
         factory,
@@ -259,13 +270,14 @@ async def test_rag_sources_in_prompt_and_result(
         message="How long is the warranty?",
         endpoint="t",
     )
-    ((searched_as, searched_in, query, top_k),) = retriever.calls
-    assert (searched_as.kind, searched_as.user_id, searched_in, query, top_k) == (
+    ((searched_as, searched_in, query, top_k, mode),) = retriever.calls
+    assert (searched_as.kind, searched_as.user_id, searched_in, query, top_k, mode) == (
         "user",
         user["id"],
         collection_id,
         "How long is the warranty?",
         3,
+        "dense",
     )
     system = chat.calls[0]["body"]["messages"][0]["content"]
     assert system.startswith("Be exact.\n\n## Retrieved sources")

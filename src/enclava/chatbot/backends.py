@@ -94,7 +94,13 @@ class ChatBackend(ModelCatalog, Protocol):
 
 class Retriever(Protocol):
     async def search(
-        self, subject: AuthSubject, collection_id: uuid.UUID, query: str, *, top_k: int
+        self,
+        subject: AuthSubject,
+        collection_id: uuid.UUID,
+        query: str,
+        *,
+        top_k: int,
+        mode: str = "hybrid",
     ) -> list[RetrievedChunk]:
         """The best ``top_k`` chunks for ``query``, best first; 404 if the subject cannot read it."""
         ...

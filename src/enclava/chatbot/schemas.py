@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+SearchMode = Literal["hybrid", "dense", "sparse"]
 ChatbotType = Literal[
     "assistant", "customer_support", "teacher", "researcher", "creative_writer", "custom"
 ]
@@ -41,6 +42,7 @@ class _ChatbotSettings(_Strict):
     memory_tokens: int | None = Field(default=None, ge=1, le=2_000_000)
     rag_collection_id: uuid.UUID | None = None
     top_k: int = Field(default=5, ge=1, le=50)
+    search_mode: SearchMode = "hybrid"
     score_threshold: float | None = Field(default=None, allow_inf_nan=False)
     answer_only_from_sources: bool = False
     no_sources_reply: str | None = Field(default=None, max_length=2000)
@@ -66,6 +68,7 @@ class ChatbotUpdate(_Strict):
     memory_tokens: int | None = Field(default=None, ge=1, le=2_000_000)
     rag_collection_id: uuid.UUID | None = None
     top_k: int | None = Field(default=None, ge=1, le=50)
+    search_mode: SearchMode | None = None
     score_threshold: float | None = Field(default=None, allow_inf_nan=False)
     answer_only_from_sources: bool | None = None
     no_sources_reply: str | None = Field(default=None, max_length=2000)
@@ -100,6 +103,7 @@ class ChatbotRead(BaseModel):
     memory_tokens: int | None
     rag_collection_id: uuid.UUID | None
     top_k: int
+    search_mode: str
     score_threshold: float | None
     answer_only_from_sources: bool
     no_sources_reply: str | None

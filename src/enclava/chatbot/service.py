@@ -769,7 +769,7 @@ async def _retrieve(
     # from the owner's collection through the chatbot.
     owner = AuthSubject(kind="user", user=subject.user)
     chunks = await backends.retriever.search(
-        owner, chatbot.rag_collection_id, query, top_k=chatbot.top_k
+        owner, chatbot.rag_collection_id, query, top_k=chatbot.top_k, mode=chatbot.search_mode
     )
     threshold = chatbot.score_threshold
     return [c for c in chunks if threshold is None or c.score >= threshold]

@@ -57,6 +57,8 @@ class ChatbotInstance(IdMixin, TimestampMixin, Base):
         ForeignKey("rag_collections.id", ondelete="SET NULL")
     )
     top_k: Mapped[int] = mapped_column(default=5)
+    # RAG search mode (hybrid, dense or sparse); ``score_threshold`` is on that mode's scale.
+    search_mode: Mapped[str] = mapped_column(String(16), default="hybrid")
     score_threshold: Mapped[float | None]
     answer_only_from_sources: Mapped[bool] = mapped_column(default=False)
     # The fixed reply when "answer only from sources" finds nothing (a default when NULL).

@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: a5c3268e34cf
+Revision ID: 92becd2fbbef
 Revises:
-Create Date: 2026-11-26 11:54:54.725712
+Create Date: 2026-11-26 11:57:24.269982
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ from alembic import op
 
 import enclava.models.base
 
-revision: str = "a5c3268e34cf"
+revision: str = "92becd2fbbef"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -244,6 +244,7 @@ def upgrade() -> None:
         sa.Column("memory_tokens", sa.Integer(), nullable=True),
         sa.Column("rag_collection_id", sa.Uuid(), nullable=True),
         sa.Column("top_k", sa.Integer(), nullable=False),
+        sa.Column("search_mode", sa.String(length=16), nullable=False),
         sa.Column("score_threshold", sa.Double(), nullable=True),
         sa.Column("answer_only_from_sources", sa.Boolean(), nullable=False),
         sa.Column("no_sources_reply", sa.Text(), nullable=True),
