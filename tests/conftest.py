@@ -12,7 +12,8 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,22 @@ async def _pg_admin(sql: str) -> None:
             await conn.execute(text(sql))
     finally:
         await engine.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cheap_password_hashing() -> Iterator[Any]:
+    """Argon2id at its cheapest while testing: at production parameters a hash costs ~0.1 s of
+    CPU and most tests sign someone in. Yields the production hasher, which
+    tests/auth/test_passwords.py checks on its own."""
+    from argon2 import PasswordHasher
+
+    from enclava.auth import passwords
+
+    production = (passwords._hasher, passwords._DUMMY_HASH)
+    passwords._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    passwords._DUMMY_HASH = passwords._hasher.hash("enclava-timing-equaliser")
+    yield production[0]
+    passwords._hasher, passwords._DUMMY_HASH = production
 
 
 @pytest.fixture(scope="session")
@@ -189,3 +206,28 @@ class Actors:
 @pytest.fixture
 def actors(app: Any, client: httpx.AsyncClient) -> Actors:
     return Actors(app, client)
+
+
+StartApp = Callable[..., Awaitable[tuple[Any, httpx.AsyncClient]]]
+
+
+@pytest.fixture
+async def make_app(settings: Settings) -> AsyncIterator[StartApp]:
+    """Start more app instances on the same database (and Redis): ``await make_app(*routers,
+    **setting_overrides)`` returns ``(app, client)``. Two calls are two instances of one
+    deployment; extra routers are mounted as given (e.g. a probe under ``/api/v1``)."""
+    async with AsyncExitStack() as stack:
+
+        async def start(*routers: Any, **overrides: Any) -> tuple[Any, httpx.AsyncClient]:
+            application = create_app(settings.model_copy(update=overrides))
+            for router in routers:
+                application.include_router(router)
+            await stack.enter_async_context(application.router.lifespan_context(application))
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=application), base_url="http://testserver"
+                )
+            )
+            return application, http
+
+        yield start

@@ -9,6 +9,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from enclava import __version__
+from enclava.api_keys.router import router as api_keys_router
+from enclava.audit.router import router as audit_router
 from enclava.auth.router import router as auth_router
 from enclava.chatbot import router as chatbot_router
 from enclava.config import Settings, get_settings
@@ -18,6 +20,7 @@ from enclava.health.router import router as health_router
 from enclava.kit.cache import create_cache
 from enclava.kit.logging import configure_logging
 from enclava.kit.middleware import RequestIdMiddleware
+from enclava.ratelimit.middleware import RateLimitHeadersMiddleware
 from enclava.state import AppState
 from enclava.users.router import router as users_router
 from enclava.web.router import router as web_router
@@ -38,6 +41,8 @@ def _internal_api() -> APIRouter:
     router = APIRouter(prefix=INTERNAL_PREFIX)
     router.include_router(auth_router)
     router.include_router(users_router)
+    router.include_router(api_keys_router)
+    router.include_router(audit_router)
     router.include_router(chatbot_router.internal)
     router.include_router(chatbot_router.templates)
     return router
@@ -82,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(_internal_api())
     app.include_router(web_router)
     app.mount("/static", static_files, name="static")
+    app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -22,8 +22,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 users_app = typer.Typer(no_args_is_help=True, help="User accounts.")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys.")
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
 
 
 def _load_settings() -> Settings:
@@ -130,6 +132,99 @@ def users_create(
     except AppError as exc:
         _fail(exc.message)
     typer.echo(json.dumps({"id": user_id, "email": email.strip().lower(), "role": role}))
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+@keys_app.command("create")
+def keys_create(
+    user: Annotated[str, typer.Option(help="Email of the key's owner.")],
+    name: Annotated[str, typer.Option(help="A name to recognise the key by.")],
+    tier: Annotated[str, typer.Option(help="Rate-limit tier: standard or premium.")] = "standard",
+    scopes: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated scopes (default llm.chat,llm.embeddings,llm.models)."),
+    ] = None,
+    budget: Annotated[
+        str | None, typer.Option(help="Hard budget in USD for the key (needs --period).")
+    ] = None,
+    period: Annotated[
+        str | None, typer.Option(help="Budget period: daily, weekly, monthly or total.")
+    ] = None,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated model ids the key may use (default all).")
+    ] = None,
+    confidential_only: Annotated[
+        bool, typer.Option("--confidential-only", help="Only confidential providers.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
+) -> None:
+    """Create an API key and print it (it is shown only this once)."""
+    from enclava.api_keys import service
+    from enclava.audit import service as audit
+    from enclava.auth import repository
+    from enclava.budgets.service import create_budget
+    from enclava.errors import AppError
+
+    if (budget is None) != (period is None):
+        _fail("--budget and --period go together")
+    settings = _load_settings()
+
+    async def work(session: object) -> dict[str, object]:
+        owner = await repository.get_user_by_email(session, user)  # type: ignore[arg-type]
+        if owner is None:
+            raise typer.BadParameter(f"no user with email {user!r}", param_hint="--user")
+        api_key, plaintext = await service.create_key(
+            session,  # type: ignore[arg-type]
+            settings.secret_key_value,
+            owner,
+            name=name,
+            scopes=_split(scopes),
+            tier=tier,
+            allowed_models=_split(models),
+            confidential_only=confidential_only,
+        )
+        audit.record(
+            session,  # type: ignore[arg-type]
+            action="api_key.create",
+            user_id=owner.id,
+            resource_type="api_key",
+            resource_id=api_key.id,
+            details={"owner_id": str(owner.id), "name": api_key.name, "via": "cli"},
+        )
+        created: dict[str, object] = {
+            "id": str(api_key.id),
+            "key": plaintext,
+            "name": api_key.name,
+            "user": owner.email,
+            "user_id": str(owner.id),
+            "scopes": api_key.scopes,
+            "tier": api_key.tier,
+            "allowed_models": api_key.allowed_models,
+            "confidential_only": api_key.confidential_only,
+        }
+        if budget is not None and period is not None:
+            row = await create_budget(
+                session,  # type: ignore[arg-type]
+                api_key_id=api_key.id,
+                name=f"{api_key.name} budget",
+                limit_usd=budget,
+                period=period,
+            )
+            created["budget"] = {"id": str(row.id), "limit_usd": budget, "period": period}
+        return created
+
+    try:
+        created = run_with_session(settings, work)
+    except AppError as exc:
+        _fail(exc.message)
+    except typer.BadParameter as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(created) if as_json else str(created["key"]))
 
 
 def main() -> None:

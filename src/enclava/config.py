@@ -68,6 +68,23 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 100 * 1024 * 1024
     webhooks_allow_private_networks: bool = False
 
+    # Identity and access (docs/auth.md). Limits are requests per window; a key's own
+    # rate_limit_per_minute/hour columns override its tier.
+    rate_limit_enabled: bool = True
+    rate_limit_strategy: Literal["moving-window", "sliding-window-counter"] = "moving-window"
+    rate_limit_standard_per_minute: int = Field(default=1000, ge=1)
+    rate_limit_standard_per_hour: int = Field(default=20_000, ge=1)
+    rate_limit_premium_per_minute: int = Field(default=5000, ge=1)
+    rate_limit_premium_per_hour: int = Field(default=100_000, ge=1)
+    rate_limit_user_per_minute: int = Field(default=300, ge=1)
+    rate_limit_user_per_hour: int = Field(default=5000, ge=1)
+    # Sign-in lockout: attempts counted per account (email) and per client IP over the window.
+    login_max_failures_per_account: int = Field(default=5, ge=1)
+    login_max_failures_per_ip: int = Field(default=20, ge=1)
+    login_lockout_s: int = Field(default=900, ge=1)
+    api_key_cache_ttl_s: float = Field(default=30.0, ge=0)
+    api_key_last_used_debounce_s: int = Field(default=60, ge=1)
+
     @model_validator(mode="after")
     def _refuse_default_secrets_in_production(self) -> Settings:
         if self.environment != "production":

@@ -1,39 +1,41 @@
 """Authentication dependencies: endpoints opt in by naming the subject (and scopes) they need.
 
 ``/api/v1`` takes API keys; ``/api-internal/v1`` takes JWT access tokens. Both come only in the
-``Authorization: Bearer`` header. The user is loaded on every request, so a disabled user or a
-revoked key loses access at once.
+``Authorization: Bearer`` header; a credential in the query string is refused with 400. The user
+(and the key) is loaded on every request, so a disabled user, a revoked key or an ended
+session loses access at once. Every subject dependency also counts the request against the
+subject's rate limits, so naming a subject is enough to be rate limited.
+
+The lookups run in their own short transaction, not the request's ``DbSession``: an endpoint
+that never touches ``DbSession`` (the LLM gateway, which commits budget reservations in their
+own transactions) holds no database transaction while it waits on a provider. ``subject.user``
+and ``subject.api_key`` are therefore detached snapshots; load the row to change it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import re
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from enclava.api_keys import service as api_key_service
+from enclava.api_keys import lookup
 from enclava.auth import repository
 from enclava.auth.subject import AuthSubject
-from enclava.auth.tokens import decode_access_token
-from enclava.db import DbSession
-from enclava.errors import AuthenticationError, PermissionDeniedError
+from enclava.auth.tokens import decode_access_claims
+from enclava.db import transaction
+from enclava.errors import AuthenticationError, BadRequestError, PermissionDeniedError
+from enclava.ratelimit import service as ratelimit
+from enclava.ratelimit.middleware import STATE_ATTRIBUTE as RATE_LIMIT_STATE
 from enclava.state import AppState
 
 _MAX_CREDENTIAL_LENGTH = 4096
-
-
-def bearer_token(request: Request) -> str:
-    header = request.headers.get("authorization")
-    if not header:
-        raise AuthenticationError(
-            "Missing Authorization: Bearer header", code="missing_credentials"
-        )
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > _MAX_CREDENTIAL_LENGTH:
-        raise AuthenticationError("Malformed Authorization header", code="invalid_credentials")
-    return token
+# Query parameters that carry credentials in other APIs; refused rather than ignored, so a
+# client that put a key in a URL (where proxies and browsers log it) learns at once.
+_CREDENTIAL_PARAMS = frozenset(
+    {"api_key", "api-key", "apikey", "access_token", "refresh_token", "authorization", "bearer"}
+)
+_KEY_IN_VALUE = re.compile(r"ek_[A-Za-z0-9_-]{20,}")
 
 
 def app_state(request: Request) -> AppState:
@@ -41,29 +43,73 @@ def app_state(request: Request) -> AppState:
     return state
 
 
-async def _api_key_subject(request: Request, session: DbSession) -> AuthSubject:
+def refuse_credentials_in_query(request: Request) -> None:
+    for name, value in request.query_params.multi_items():
+        if name.lower() in _CREDENTIAL_PARAMS or _KEY_IN_VALUE.search(value):
+            raise BadRequestError(
+                "Credentials are accepted only in the 'Authorization: Bearer' header, never in "
+                "the URL. Treat a key that was sent in a URL as leaked and rotate it.",
+                code="credentials_in_query",
+                param=name,
+            )
+
+
+def bearer_token(request: Request) -> str:
+    refuse_credentials_in_query(request)
+    header = request.headers.get("authorization")
+    if not header:
+        raise AuthenticationError(
+            "Missing Authorization: Bearer header", code="missing_credentials"
+        )
+    if len(header) > _MAX_CREDENTIAL_LENGTH:
+        raise AuthenticationError("Authorization header is too long", code="invalid_credentials")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthenticationError(
+            "Malformed Authorization header: expected 'Bearer <token>'",
+            code="invalid_credentials",
+        )
+    return token
+
+
+async def _rate_limit(request: Request, state: AppState, subject: AuthSubject) -> None:
+    # Dependencies are cached per request, but guard anyway: one request counts once.
+    if getattr(request.state, RATE_LIMIT_STATE, None) is not None:
+        return
+    usage = await ratelimit.enforce(state, subject)
+    setattr(request.state, RATE_LIMIT_STATE, usage)
+
+
+async def _api_key_subject(request: Request) -> AuthSubject:
     token = bearer_token(request)
     state = app_state(request)
-    api_key, owner = await api_key_service.verify_key(
-        session, state.settings.secret_key_value, token
-    )
-    subject = AuthSubject(kind="api_key", user=owner, api_key=api_key)
+    subject = await lookup.authenticate(state, token)
     request.state.subject = subject
+    await _rate_limit(request, state, subject)
     return subject
 
 
-async def _user_subject(request: Request, session: DbSession) -> AuthSubject:
+async def _user_subject(request: Request) -> AuthSubject:
     token = bearer_token(request)
-    if api_key_service.looks_like_api_key(token):
+    if lookup.looks_like_api_key(token):
         raise AuthenticationError(
             "API keys are for /api/v1; sign in to use the internal API", code="invalid_token"
         )
-    user_id = decode_access_token(app_state(request).settings.secret_key_value, token)
-    user = await repository.get_user(session, user_id)
+    state = app_state(request)
+    claims = decode_access_claims(state.settings.secret_key_value, token)
+    async with transaction(state.session_factory) as session:
+        user = await repository.get_user(session, claims.user_id)
+        ended = claims.session_id is not None and not await repository.session_is_active(
+            session, claims.session_id
+        )
     if user is None or not user.is_active:
         raise AuthenticationError("User is disabled or no longer exists", code="user_inactive")
-    subject = AuthSubject(kind="user", user=user)
+    if ended:
+        raise AuthenticationError("This session has ended; sign in again", code="session_revoked")
+    subject = AuthSubject(kind="user", user=user, session_id=claims.session_id)
     request.state.subject = subject
+    await _rate_limit(request, state, subject)
     return subject
 
 
@@ -75,19 +121,31 @@ async def _admin_subject(
     return subject
 
 
-def require_scopes(*scopes: str) -> Callable[..., Awaitable[AuthSubject]]:
-    """An API-key dependency that also demands ``scopes``."""
+class ScopeRequirement:
+    """An API-key dependency that also demands ``scopes`` (see :func:`require_scopes`)."""
 
-    async def dependency(
-        subject: Annotated[AuthSubject, Depends(_api_key_subject)],
+    def __init__(self, scopes: tuple[str, ...]) -> None:
+        self.scopes = scopes
+
+    async def __call__(
+        self, subject: Annotated[AuthSubject, Depends(_api_key_subject)]
     ) -> AuthSubject:
-        if not subject.has_scopes(*scopes):
+        if not subject.has_scopes(*self.scopes):
+            missing = sorted(set(self.scopes) - subject.scopes)
             raise PermissionDeniedError(
-                f"This API key lacks the scope(s): {', '.join(scopes)}", code="insufficient_scope"
+                f"This API key lacks the scope(s): {', '.join(missing)}",
+                code="insufficient_scope",
             )
         return subject
 
-    return dependency
+    def __repr__(self) -> str:
+        return f"require_scopes{self.scopes!r}"
+
+
+def require_scopes(*scopes: str) -> ScopeRequirement:
+    """An API-key dependency that also demands ``scopes``:
+    ``subject: Annotated[AuthSubject, Depends(require_scopes("llm.chat"))]``."""
+    return ScopeRequirement(tuple(scopes))
 
 
 ApiKeySubject = Annotated[AuthSubject, Depends(_api_key_subject)]

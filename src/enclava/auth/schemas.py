@@ -12,6 +12,15 @@ class LoginRequest(BaseModel):
     password: str = Field(max_length=1024)
 
 
+class RefreshRequest(BaseModel):
+    refresh_token: str = Field(max_length=1024)
+
+
+class LogoutRequest(BaseModel):
+    refresh_token: str | None = Field(default=None, max_length=1024)
+    all_sessions: bool = False
+
+
 class TokenPair(BaseModel):
     access_token: str
     refresh_token: str

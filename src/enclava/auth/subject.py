@@ -23,11 +23,29 @@ ALL_SCOPES = frozenset(
 DEFAULT_KEY_SCOPES = ("llm.chat", "llm.embeddings", "llm.models")
 
 
+def user_scopes(user: User) -> frozenset[str]:
+    """The scopes ``user`` holds, and so the most any of their keys can hold.
+
+    Both roles hold every scope over their own resources today; the admin role adds management
+    rights on the internal API, which no key can carry. Keys are checked against this at
+    creation and again on every request, so narrowing a user's rights narrows their keys.
+    """
+    return ALL_SCOPES if user.is_active else frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class AuthSubject:
+    """Who is calling: a signed-in user (``kind="user"``) or an API key and its owner.
+
+    ``user`` and ``api_key`` are detached snapshots loaded for this request: read them freely,
+    but load the row in your own session before changing it.
+    """
+
     kind: Literal["user", "api_key"]
     user: User
     api_key: ApiKey | None = None
+    # The sign-in session (refresh-token family) of a JWT subject, when the token carries one.
+    session_id: uuid.UUID | None = None
 
     @property
     def user_id(self) -> uuid.UUID:
@@ -38,10 +56,15 @@ class AuthSubject:
         return self.user.is_admin
 
     @property
+    def sees_everything(self) -> bool:
+        """Admins signed in to the internal API see every user's resources; keys never do."""
+        return self.kind == "user" and self.user.is_admin
+
+    @property
     def scopes(self) -> frozenset[str]:
         if self.api_key is not None:
-            return frozenset(self.api_key.scopes)
-        return ALL_SCOPES
+            return frozenset(self.api_key.scopes) & user_scopes(self.user)
+        return user_scopes(self.user)
 
     def has_scopes(self, *scopes: str) -> bool:
         return set(scopes) <= self.scopes

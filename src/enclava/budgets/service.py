@@ -206,3 +206,55 @@ async def _check_thresholds(
                     )
                 )
     return crossings
+
+
+# create_budget was appended by the identity work; its imports sit here so the header stays as is.
+from decimal import Decimal, InvalidOperation  # noqa: E402
+
+from enclava.budgets.periods import PERIODS  # noqa: E402
+from enclava.errors import BadRequestError  # noqa: E402
+
+
+async def create_budget(
+    session: AsyncSession,
+    *,
+    user_id: uuid.UUID | None = None,
+    api_key_id: uuid.UUID | None = None,
+    name: str,
+    limit_usd: Decimal | str | int | float,
+    period: str,
+) -> Budget:
+    """Add a hard budget of ``limit_usd`` per ``period`` for a user or an API key.
+
+    The amount is converted to nano-dollars exactly (through ``Decimal``); amounts finer than
+    a nano-dollar are refused rather than rounded.
+    """
+    if (user_id is None) == (api_key_id is None):
+        raise BadRequestError("A budget belongs to exactly one user or one API key")
+    if period not in PERIODS:
+        raise BadRequestError(
+            f"Unknown budget period {period!r}; use one of {', '.join(PERIODS)}", param="period"
+        )
+    try:
+        amount = Decimal(str(limit_usd))
+    except InvalidOperation:
+        raise BadRequestError("The budget limit must be a number of USD", param="limit_usd")
+    nanousd = amount * NANOUSD_PER_USD
+    if not amount.is_finite() or amount < 0 or nanousd != nanousd.to_integral_value():
+        raise BadRequestError(
+            "The budget limit must be a non-negative amount of USD with at most 9 decimals",
+            param="limit_usd",
+        )
+    budget = Budget(
+        user_id=user_id,
+        api_key_id=api_key_id,
+        name=name,
+        period=period,
+        limit_nanousd=int(nanousd),
+        spent_nanousd=0,
+        reserved_nanousd=0,
+        period_started_at=period_start(period, utcnow()),
+    )
+    session.add(budget)
+    await session.flush()
+    return budget

@@ -17,8 +17,6 @@ class User(IdMixin, TimestampMixin, Base):
     full_name: Mapped[str | None] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(16), default="user")
     is_active: Mapped[bool] = mapped_column(default=True)
-    failed_login_count: Mapped[int] = mapped_column(default=0)
-    locked_until: Mapped[datetime | None]
     last_login_at: Mapped[datetime | None]
 
     @property
@@ -27,10 +25,12 @@ class User(IdMixin, TimestampMixin, Base):
 
 
 class RefreshToken(IdMixin, Base):
-    """One refresh token of a login session; tokens of one login share a family.
+    """One refresh token of a login session; the tokens of one login share a family.
 
-    Refresh rotates: the used token is marked replaced. Presenting a replaced token again means
-    it leaked, so the whole family is revoked.
+    Refresh rotates: the presented token gets ``used_at`` and a new one joins the family.
+    Presenting a used token again means it leaked, so the whole family is revoked. The family id
+    is also the ``sid`` claim of the session's access tokens, so revoking a family ends the
+    session's access tokens at once too. See docs/decisions/0003-identity-and-access.md.
     """
 
     __tablename__ = "refresh_tokens"

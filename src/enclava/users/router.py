@@ -1,31 +1,67 @@
-"""User administration (admins only)."""
+"""User administration (admins), and each user's own account."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+import uuid
 
-from enclava.auth import repository, service
-from enclava.auth.dependencies import AdminSubject
+from fastapi import APIRouter, Query, Request, Response
+
+from enclava.auth.dependencies import AdminSubject, UserSubject
 from enclava.auth.schemas import UserCreate, UserRead
 from enclava.db import DbSession
+from enclava.users import service
+from enclava.users.schemas import PasswordChange, UserUpdate
 
 router = APIRouter(prefix="/users", tags=["users"])
 
 
 @router.get("", response_model=list[UserRead])
 async def list_users(
-    _admin: AdminSubject,
+    admin: AdminSubject,
     session: DbSession,
     offset: int = Query(0, ge=0),
     limit: int = Query(50, ge=1, le=500),
 ) -> list[UserRead]:
-    users = await repository.list_users(session, offset=offset, limit=limit)
+    users = await service.list_users(session, admin, offset=offset, limit=limit)
     return [UserRead.model_validate(u) for u in users]
 
 
 @router.post("", response_model=UserRead, status_code=201)
-async def create_user(body: UserCreate, _admin: AdminSubject, session: DbSession) -> UserRead:
-    user = await service.create_user(
-        session, email=body.email, password=body.password, role=body.role, full_name=body.full_name
-    )
+async def create_user(
+    body: UserCreate, admin: AdminSubject, session: DbSession, request: Request
+) -> UserRead:
+    user = await service.create_user(session, admin, body, request=request)
     return UserRead.model_validate(user)
+
+
+@router.post("/me/password", status_code=204)
+async def change_own_password(
+    body: PasswordChange, subject: UserSubject, session: DbSession, request: Request
+) -> Response:
+    await service.change_own_password(session, subject, body, request=request)
+    return Response(status_code=204)
+
+
+@router.get("/{user_id}", response_model=UserRead)
+async def get_user(user_id: uuid.UUID, subject: UserSubject, session: DbSession) -> UserRead:
+    return UserRead.model_validate(await service.get_user(session, subject, user_id))
+
+
+@router.patch("/{user_id}", response_model=UserRead)
+async def update_user(
+    user_id: uuid.UUID,
+    body: UserUpdate,
+    admin: AdminSubject,
+    session: DbSession,
+    request: Request,
+) -> UserRead:
+    user = await service.update_user(session, admin, user_id, body, request=request)
+    return UserRead.model_validate(user)
+
+
+@router.delete("/{user_id}", status_code=204)
+async def delete_user(
+    user_id: uuid.UUID, admin: AdminSubject, session: DbSession, request: Request
+) -> Response:
+    await service.delete_user(session, admin, user_id, request=request)
+    return Response(status_code=204)

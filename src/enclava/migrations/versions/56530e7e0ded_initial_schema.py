@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 92becd2fbbef
+Revision ID: 56530e7e0ded
 Revises:
-Create Date: 2026-11-26 11:57:24.269982
+Create Date: 2026-11-26 12:24:01.061786
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ from alembic import op
 
 import enclava.models.base
 
-revision: str = "92becd2fbbef"
+revision: str = "56530e7e0ded"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -84,8 +84,6 @@ def upgrade() -> None:
         sa.Column("full_name", sa.String(length=200), nullable=True),
         sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("is_active", sa.Boolean(), nullable=False),
-        sa.Column("failed_login_count", sa.Integer(), nullable=False),
-        sa.Column("locked_until", enclava.models.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column("last_login_at", enclava.models.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("created_at", enclava.models.base.UTCDateTime(timezone=True), nullable=False),
