@@ -121,6 +121,20 @@ async def _reset_redis() -> None:
         await client.aclose()
 
 
+def another_instance(settings: Settings, **overrides: Any) -> Settings:
+    """Settings for one more instance of the same deployment: it shares the database (and
+    Redis) but has its own data dir, since Qdrant's local store belongs to one process."""
+    own_dir = settings.data_dir / f"instance-{uuid.uuid4().hex[:8]}"
+    own_dir.mkdir()
+    values = {
+        **settings.model_dump(),
+        "data_dir": own_dir,
+        "database_url": settings.resolved_database_url,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data"
@@ -219,7 +233,7 @@ async def make_app(settings: Settings) -> AsyncIterator[StartApp]:
     async with AsyncExitStack() as stack:
 
         async def start(*routers: Any, **overrides: Any) -> tuple[Any, httpx.AsyncClient]:
-            application = create_app(settings.model_copy(update=overrides))
+            application = create_app(another_instance(settings, **overrides))
             for router in routers:
                 application.include_router(router)
             await stack.enter_async_context(application.router.lifespan_context(application))

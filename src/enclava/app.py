@@ -18,8 +18,12 @@ from enclava.db import create_engine, create_session_factory
 from enclava.errors import install_error_handlers
 from enclava.health.router import router as health_router
 from enclava.kit.cache import create_cache
+from enclava.kit.jobs import create_job_queue
 from enclava.kit.logging import configure_logging
 from enclava.kit.middleware import RequestIdMiddleware
+from enclava.rag.router import internal as rag_internal_router
+from enclava.rag.router import public as rag_public_router
+from enclava.rag.runtime import rag_lifespan
 from enclava.ratelimit.middleware import RateLimitHeadersMiddleware
 from enclava.state import AppState
 from enclava.users.router import router as users_router
@@ -34,6 +38,7 @@ INTERNAL_PREFIX = "/api-internal/v1"
 
 def _public_api() -> APIRouter:
     router = APIRouter(prefix=PUBLIC_PREFIX)
+    router.include_router(rag_public_router)
     return router
 
 
@@ -43,6 +48,7 @@ def _internal_api() -> APIRouter:
     router.include_router(users_router)
     router.include_router(api_keys_router)
     router.include_router(audit_router)
+    router.include_router(rag_internal_router)
     router.include_router(chatbot_router.internal)
     router.include_router(chatbot_router.templates)
     return router
@@ -65,6 +71,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 cache=cache,
             )
             app.state.enclava = state
+            # Domains register their jobs while the queue is idle; it starts once all have, and
+            # stops first on shutdown, before the stores its jobs use are closed.
+            jobs = create_job_queue(settings.redis_url)
+            state.extras["jobs"] = jobs
+            await stack.enter_async_context(rag_lifespan(state))
+            await jobs.start()
+            stack.push_async_callback(jobs.close)
             logger.info(
                 "started",
                 extra={

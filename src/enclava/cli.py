@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -26,6 +27,8 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys.")
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
+rag_app = typer.Typer(no_args_is_help=True, help="RAG collections (through a running server).")
+app.add_typer(rag_app, name="rag")
 
 
 def _load_settings() -> Settings:
@@ -225,6 +228,46 @@ def keys_create(
     except typer.BadParameter as exc:
         _fail(str(exc))
     typer.echo(json.dumps(created) if as_json else str(created["key"]))
+
+
+@rag_app.command("ingest")
+def rag_ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders (walked recursively).")],
+    collection: Annotated[str, typer.Option(help="Collection name; created when missing.")],
+    user: Annotated[str, typer.Option(help="Email of the account that owns the collection.")],
+    server: Annotated[
+        str, typer.Option(envvar="ENCLAVA_SERVER_URL", help="The running Enclava server.")
+    ] = "http://127.0.0.1:8000",
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="ENCLAVA_API_KEY", help="API key with rag.write (else a password)."),
+    ] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(envvar="ENCLAVA_PASSWORD", help="Password of --user (prompted if needed)."),
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until every document is processed.")] = True,
+) -> None:
+    """Upload documents to a collection with a progress bar and report each file's result."""
+    from rich.console import Console
+
+    from enclava.rag.ingest_client import IngestClient, IngestError, ingest, results_table
+
+    if not api_key and password is None:
+        password = typer.prompt(f"Password for {user}", hide_input=True)
+    try:
+        client = IngestClient(server, user=user, api_key=api_key, password=password)
+    except IngestError as exc:
+        _fail(str(exc))
+    try:
+        results = ingest(client, collection, paths, wait=wait)
+    except IngestError as exc:
+        _fail(str(exc))
+    finally:
+        client.close()
+    Console().print(results_table(collection, results))
+    if not all(result.ok for result in results):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from playwright.async_api import Browser, async_playwright, expect
 from enclava.app import create_app
 from enclava.config import Settings
 from enclava.testing.server import serve_in_thread
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, another_instance
 
 pytestmark = pytest.mark.browser
 
@@ -30,7 +30,7 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture
 def live_url(settings: Settings) -> Iterator[str]:
-    with serve_in_thread(create_app(settings)) as url:
+    with serve_in_thread(create_app(another_instance(settings))) as url:
         yield url
 
 

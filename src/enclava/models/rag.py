@@ -56,6 +56,8 @@ class RagDocument(IdMixin, TimestampMixin, Base):
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     error: Mapped[str | None] = mapped_column(Text)
     progress: Mapped[float] = mapped_column(default=0.0)
+    # Processing runs started; a document that keeps interrupting its worker is given up on.
+    attempts: Mapped[int] = mapped_column(default=0)
     chunk_count: Mapped[int | None]
     page_count: Mapped[int | None]
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)

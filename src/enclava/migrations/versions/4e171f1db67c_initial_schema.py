@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 56530e7e0ded
+Revision ID: 4e171f1db67c
 Revises:
-Create Date: 2026-11-26 12:24:01.061786
+Create Date: 2026-11-26 12:32:00.888810
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ from alembic import op
 
 import enclava.models.base
 
-revision: str = "56530e7e0ded"
+revision: str = "4e171f1db67c"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -314,6 +314,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("progress", sa.Double(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("chunk_count", sa.Integer(), nullable=True),
         sa.Column("page_count", sa.Integer(), nullable=True),
         sa.Column("metadata", enclava.models.base.JSONType(), nullable=False),

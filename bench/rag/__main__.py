@@ -1,0 +1,5 @@
+import sys
+
+from bench.rag import main
+
+main(sys.argv[1:])
