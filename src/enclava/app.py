@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from enclava import __version__
 from enclava.api_keys.router import router as api_keys_router
@@ -25,6 +26,14 @@ from enclava.rag.router import internal as rag_internal_router
 from enclava.rag.router import public as rag_public_router
 from enclava.rag.runtime import rag_lifespan
 from enclava.ratelimit.middleware import RateLimitHeadersMiddleware
+from enclava.security.body_limit import BodySizeLimitMiddleware
+from enclava.security.csrf import CsrfMiddleware
+from enclava.security.detection import ThreatDetectionMiddleware
+from enclava.security.headers import SecurityHeadersMiddleware
+from enclava.security.openapi import install_openapi_error_schemas
+from enclava.security.router import router as security_router
+from enclava.security.text_sanity import TextSanityMiddleware
+from enclava.security.url_credentials import UrlCredentialsMiddleware
 from enclava.state import AppState
 from enclava.users.router import router as users_router
 from enclava.web.router import router as web_router
@@ -49,6 +58,7 @@ def _internal_api() -> APIRouter:
     router.include_router(api_keys_router)
     router.include_router(audit_router)
     router.include_router(rag_internal_router)
+    router.include_router(security_router)
     router.include_router(chatbot_router.internal)
     router.include_router(chatbot_router.templates)
     return router
@@ -100,9 +110,46 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(_internal_api())
     app.include_router(web_router)
     app.mount("/static", static_files, name="static")
+    install_openapi_error_schemas(app)
     app.add_middleware(RateLimitHeadersMiddleware)
-    app.add_middleware(RequestIdMiddleware)
+    _add_security_middleware(app, settings)
+    app.add_middleware(RequestIdMiddleware)  # added last: the outermost layer
     return app
+
+
+def _add_security_middleware(app: FastAPI, settings: Settings) -> None:
+    """docs/security.md. Added innermost first; a request passes them in the reverse order:
+    headers, CORS, body limit, text sanity, credentials in URLs, CSRF, threat detection."""
+    app.add_middleware(
+        ThreatDetectionMiddleware,
+        mode=settings.threat_detection,
+        max_scan_bytes=settings.threat_scan_max_body_bytes,
+    )
+    app.add_middleware(CsrfMiddleware, trusted_origins=settings.cors_origins)
+    app.add_middleware(UrlCredentialsMiddleware)
+    app.add_middleware(TextSanityMiddleware)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.max_request_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=settings.cors_allow_credentials,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-CSRF-Token"],
+            expose_headers=[
+                "X-Request-ID",
+                "Retry-After",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+            ],
+            max_age=600,
+        )
+    app.add_middleware(SecurityHeadersMiddleware, hsts_max_age_s=settings.hsts_max_age_s)
 
 
 def create_app_from_env() -> FastAPI:

@@ -23,7 +23,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 users_app = typer.Typer(no_args_is_help=True, help="User accounts.")
-keys_app = typer.Typer(no_args_is_help=True, help="API keys.")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys and encryption keys.")
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
@@ -91,7 +91,7 @@ def serve(
         workers=workers,
         log_config=None,
         proxy_headers=True,
-        forwarded_allow_ips="127.0.0.1",
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=10,
     )
 
@@ -268,6 +268,40 @@ def rag_ingest(
     Console().print(results_table(collection, results))
     if not all(result.ok for result in results):
         raise typer.Exit(1)
+
+
+@keys_app.command("rotate-encryption")
+def keys_rotate_encryption(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be re-encrypted; write nothing.")
+    ] = False,
+) -> None:
+    """Re-encrypt every secret at rest under ENCLAVA_ENCRYPTION_KEY.
+
+    Set the new key as ENCLAVA_ENCRYPTION_KEY and the old one(s) in
+    ENCLAVA_ENCRYPTION_KEY_PREVIOUS (comma-separated) first; remove the old ones afterwards.
+    """
+    from enclava.db import create_engine
+    from enclava.kit.crypto import SecretBox
+    from enclava.models import Base
+    from enclava.security.rotation import RotationError, rotate_encryption
+
+    settings = _load_settings()
+    box = SecretBox(settings.encryption_key_value, *settings.previous_encryption_keys)
+
+    async def runner() -> dict[str, object]:
+        engine = create_engine(settings)
+        try:
+            report = await rotate_encryption(engine, box, Base.metadata, dry_run=dry_run)
+        finally:
+            await engine.dispose()
+        return report.as_dict()
+
+    try:
+        result = asyncio.run(runner())
+    except RotationError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({**result, "dry_run": dry_run}))
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ reused after, so an embedded install needs no setup; production refuses known de
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +29,11 @@ KNOWN_DEFAULT_SECRETS = frozenset(
         "your-secret-key-here",
         "enclava-secret",
     }
+)
+
+
+_ORIGIN = re.compile(
+    r"https?://[A-Za-z0-9.-]+(?::\d{1,5})?|https?://\[[0-9A-Fa-f:.]+\](?::\d{1,5})?"
 )
 
 
@@ -85,6 +91,18 @@ class Settings(BaseSettings):
     api_key_cache_ttl_s: float = Field(default=30.0, ge=0)
     api_key_last_used_debounce_s: int = Field(default=60, ge=1)
 
+    # Security hardening (docs/security.md).
+    # Comma-separated keys that still decrypt secrets at rest while they are re-encrypted under
+    # ENCLAVA_ENCRYPTION_KEY by `enclava keys rotate-encryption`.
+    encryption_key_previous: SecretStr | None = None
+    threat_detection: Literal["block", "log", "off"] = "block"
+    # JSON and form bodies up to this size are scanned; larger ones pass unscanned.
+    threat_scan_max_body_bytes: int = 256 * 1024
+    cors_allow_credentials: bool = False
+    hsts_max_age_s: int = 63_072_000
+    # Proxies whose X-Forwarded-For/-Proto headers `enclava serve` trusts (comma-separated).
+    forwarded_allow_ips: str = "127.0.0.1"
+
     @model_validator(mode="after")
     def _refuse_default_secrets_in_production(self) -> Settings:
         if self.environment != "production":
@@ -99,6 +117,30 @@ class Settings(BaseSettings):
                     f"ENCLAVA_{name.upper()} is a known default or shorter than 32 characters"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_cors(self) -> Settings:
+        for origin in self.cors_origins:
+            if origin == "*":
+                if self.cors_allow_credentials:
+                    raise SettingsError(
+                        "ENCLAVA_CORS_ORIGINS='*' cannot be combined with "
+                        "ENCLAVA_CORS_ALLOW_CREDENTIALS=true; list the allowed origins"
+                    )
+                continue
+            if not _ORIGIN.fullmatch(origin):
+                raise SettingsError(
+                    f"ENCLAVA_CORS_ORIGINS entry {origin!r} is not an origin "
+                    "(scheme://host[:port], no path)"
+                )
+        return self
+
+    @property
+    def previous_encryption_keys(self) -> list[str]:
+        if self.encryption_key_previous is None:
+            return []
+        raw = self.encryption_key_previous.get_secret_value()
+        return [key.strip() for key in raw.split(",") if key.strip()]
 
     @property
     def is_embedded_db(self) -> bool:

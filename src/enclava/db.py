@@ -21,11 +21,23 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from enclava.config import Settings
+from enclava.kit.crypto import SecretBox
+from enclava.models.encrypted import install_secret_box
 
 SessionFactory = async_sessionmaker[AsyncSession]
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
+    engine = _create_engine(settings)
+    # Encrypted columns (models/encrypted.py) find their key on the engine.
+    install_secret_box(
+        engine,
+        lambda: SecretBox(settings.encryption_key_value, *settings.previous_encryption_keys),
+    )
+    return engine
+
+
+def _create_engine(settings: Settings) -> AsyncEngine:
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         settings.ensure_data_dir()

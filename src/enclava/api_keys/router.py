@@ -10,6 +10,7 @@ from enclava.api_keys import lookup, service
 from enclava.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead
 from enclava.auth.dependencies import UserSubject, app_state
 from enclava.db import DbSession, transaction
+from enclava.kit.pagination import Offset
 
 router = APIRouter(prefix="/api-keys", tags=["api-keys"])
 
@@ -42,7 +43,7 @@ async def list_api_keys(
     session: DbSession,
     user_id: uuid.UUID | None = None,
     include_revoked: bool = False,
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
     limit: int = Query(100, ge=1, le=500),
 ) -> list[ApiKeyRead]:
     keys = await service.list_keys(

@@ -29,10 +29,17 @@ def _fernet_key(material: str) -> bytes:
 
 
 class SecretBox:
-    """Encrypts secrets at rest. The first key encrypts; older keys still decrypt (rotation)."""
+    """Encrypts secrets at rest. The first key encrypts; older keys still decrypt (rotation).
+
+    Tokens are Fernet (AES-128-CBC with HMAC-SHA256, random IV, timestamp): encrypting the same
+    plaintext twice gives different tokens, so equal secrets cannot be spotted in the database.
+    """
 
     def __init__(self, key: str, *old_keys: str) -> None:
-        self._fernet = MultiFernet([Fernet(_fernet_key(k)) for k in (key, *old_keys)])
+        if not key:
+            raise ValueError("an encryption key is required")
+        self._primary = Fernet(_fernet_key(key))
+        self._fernet = MultiFernet([self._primary, *(Fernet(_fernet_key(k)) for k in old_keys)])
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode()
@@ -44,5 +51,16 @@ class SecretBox:
             raise ValueError("secret cannot be decrypted with the configured keys") from exc
 
     def rotate(self, token: str) -> str:
-        """Re-encrypt a token under the current key."""
-        return self._fernet.rotate(token.encode()).decode()
+        """Re-encrypt a token under the current key (``ValueError`` if no configured key fits)."""
+        try:
+            return self._fernet.rotate(token.encode()).decode()
+        except InvalidToken as exc:
+            raise ValueError("secret cannot be decrypted with the configured keys") from exc
+
+    def is_current(self, token: str) -> bool:
+        """Whether ``token`` is already encrypted under the current (first) key."""
+        try:
+            self._primary.decrypt(token.encode())
+        except InvalidToken:
+            return False
+        return True

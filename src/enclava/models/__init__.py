@@ -1,6 +1,7 @@
 """Every table, imported here so ``Base.metadata`` is complete for Alembic and tests."""
 
 from enclava.models.api_key import ApiKey
+from enclava.models.app_secret import AppSecret
 from enclava.models.audit import AuditLog
 from enclava.models.base import Base
 from enclava.models.budget import Budget
@@ -16,6 +17,7 @@ from enclava.models.user import RefreshToken, User
 
 __all__ = [
     "ApiKey",
+    "AppSecret",
     "AuditLog",
     "Base",
     "Budget",

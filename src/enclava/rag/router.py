@@ -21,6 +21,7 @@ from fastapi.responses import StreamingResponse
 from enclava.auth.dependencies import UserSubject, require_scopes
 from enclava.auth.subject import AuthSubject
 from enclava.db import DbSession, transaction
+from enclava.kit.pagination import Offset
 from enclava.rag import repository, service
 from enclava.rag.runtime import Rag, RagRuntime
 from enclava.rag.schemas import (
@@ -78,7 +79,7 @@ def _build(Reader: Any, Writer: Any) -> APIRouter:
     async def list_collections(
         subject: Reader,
         session: DbSession,
-        offset: int = Query(0, ge=0),
+        offset: Offset = 0,
         limit: int = Query(100, ge=1, le=500),
         all_users: bool = Query(
             False, alias="all", description="Administrators: every user's collections"
@@ -139,7 +140,7 @@ def _build(Reader: Any, Writer: Any) -> APIRouter:
         subject: Reader,
         session: DbSession,
         status: DocumentStatus | None = None,
-        offset: int = Query(0, ge=0),
+        offset: Offset = 0,
         limit: int = Query(100, ge=1, le=1000),
     ) -> list[DocumentRead]:
         return await service.list_documents(

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from enclava.auth.dependencies import AdminSubject, UserSubject
 from enclava.auth.schemas import UserCreate, UserRead
 from enclava.db import DbSession
+from enclava.kit.pagination import Offset
 from enclava.users import service
 from enclava.users.schemas import PasswordChange, UserUpdate
 
@@ -19,7 +20,7 @@ router = APIRouter(prefix="/users", tags=["users"])
 async def list_users(
     admin: AdminSubject,
     session: DbSession,
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
     limit: int = Query(50, ge=1, le=500),
 ) -> list[UserRead]:
     users = await service.list_users(session, admin, offset=offset, limit=limit)

@@ -1,7 +1,8 @@
 """The dashboard: server-rendered pages on the internal services.
 
-Forms carry a CSRF token that must match the ``enclava_csrf`` cookie (double submit); the
-session is an HttpOnly, SameSite=Lax cookie holding a short-lived access token.
+Forms carry a CSRF token that must match the ``enclava_csrf`` cookie (double submit), and
+``enclava.security.csrf`` also checks the Origin of every state-changing request; the session is
+an HttpOnly, SameSite=Lax cookie holding a short-lived access token.
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ from enclava.db import DbSession
 from enclava.errors import AppError
 from enclava.kit.crypto import constant_time_equals, random_token
 from enclava.models import User
+from enclava.security.csrf import CSRF_COOKIE, SESSION_COOKIE
 
 _HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(_HERE / "templates"))
 static_files = StaticFiles(directory=str(_HERE / "static"))
 
-SESSION_COOKIE = "enclava_session"
-CSRF_COOKIE = "enclava_csrf"
 
 router = APIRouter(include_in_schema=False)
 
@@ -37,7 +37,11 @@ def _csrf_token(request: Request) -> str:
 
 
 def _csrf_ok(request: Request, submitted: str) -> bool:
+    # enclava.security.csrf.CsrfMiddleware checks every state-changing dashboard request before
+    # it gets here (origin and token); this repeats the token check so a form can answer with
+    # its own friendly page. Scripts may send the token in the X-CSRF-Token header instead.
     cookie = request.cookies.get(CSRF_COOKIE)
+    submitted = submitted or request.headers.get("x-csrf-token", "")
     return bool(cookie and submitted and constant_time_equals(cookie, submitted))
 
 

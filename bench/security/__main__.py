@@ -1,0 +1,3 @@
+from bench.security import main
+
+main()
