@@ -13,6 +13,7 @@ from enclava import __version__
 from enclava.api_keys.router import router as api_keys_router
 from enclava.audit.router import router as audit_router
 from enclava.auth.router import router as auth_router
+from enclava.budgets.router import router as budgets_router
 from enclava.chatbot import router as chatbot_router
 from enclava.config import Settings, get_settings
 from enclava.db import create_engine, create_session_factory
@@ -22,6 +23,7 @@ from enclava.kit.cache import create_cache
 from enclava.kit.jobs import create_job_queue
 from enclava.kit.logging import configure_logging
 from enclava.kit.middleware import RequestIdMiddleware
+from enclava.llm.router import router as llm_router
 from enclava.rag.router import internal as rag_internal_router
 from enclava.rag.router import public as rag_public_router
 from enclava.rag.runtime import rag_lifespan
@@ -47,6 +49,7 @@ INTERNAL_PREFIX = "/api-internal/v1"
 
 def _public_api() -> APIRouter:
     router = APIRouter(prefix=PUBLIC_PREFIX)
+    router.include_router(llm_router)
     router.include_router(rag_public_router)
     return router
 
@@ -55,6 +58,7 @@ def _internal_api() -> APIRouter:
     router = APIRouter(prefix=INTERNAL_PREFIX)
     router.include_router(auth_router)
     router.include_router(users_router)
+    router.include_router(budgets_router)
     router.include_router(api_keys_router)
     router.include_router(audit_router)
     router.include_router(rag_internal_router)
@@ -62,6 +66,23 @@ def _internal_api() -> APIRouter:
     router.include_router(chatbot_router.internal)
     router.include_router(chatbot_router.templates)
     return router
+
+
+async def _start_llm(state: AppState, stack: AsyncExitStack) -> None:
+    """Providers with their pooled HTTP clients, and the model table (see enclava.llm)."""
+    from enclava.budgets.service import SettlementQueue
+    from enclava.llm.config import load_llm_config
+    from enclava.llm.registry import EMBEDDER_KEY, STATE_KEY, LLMRuntime
+
+    settlements = SettlementQueue(state.session_factory, audit=state.settings.audit_llm_calls)
+    runtime = LLMRuntime(
+        load_llm_config(state.settings), settlements, state.extras.get(EMBEDDER_KEY)
+    )
+    await runtime.start()
+    stack.push_async_callback(runtime.aclose)
+    state.extras[STATE_KEY] = runtime
+    if runtime.embedder is not None:
+        state.extras.setdefault(EMBEDDER_KEY, runtime.embedder)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -81,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 cache=cache,
             )
             app.state.enclava = state
+            await _start_llm(state, stack)
             # Domains register their jobs while the queue is idle; it starts once all have, and
             # stops first on shutdown, before the stores its jobs use are closed.
             jobs = create_job_queue(settings.redis_url)

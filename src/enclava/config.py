@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     max_request_body_bytes: int = 10 * 1024 * 1024
     max_upload_bytes: int = 100 * 1024 * 1024
     webhooks_allow_private_networks: bool = False
+    # LLM gateway: an audit row per LLM call (written with its usage row), and how long the
+    # model list and provider health are cached.
+    audit_llm_calls: bool = True
+    models_cache_ttl_s: int = 900
 
     # Identity and access (docs/auth.md). Limits are requests per window; a key's own
     # rate_limit_per_minute/hour columns override its tier.

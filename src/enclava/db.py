@@ -7,6 +7,8 @@ PostgreSQL uses asyncpg with a bounded, pre-pinged pool.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -19,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import await_only
 
 from enclava.config import Settings
 from enclava.kit.crypto import SecretBox
@@ -74,9 +77,36 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
+    # SQLite has one writer. Waiting for it in SQLite's busy handler means sleeping in steps of
+    # up to 100 ms; queueing on an asyncio lock in this process hands the database over as soon
+    # as the previous transaction ends. (Other processes, e.g. the CLI, still meet the busy
+    # timeout.) The lock is held from BEGIN until the connection goes back to the pool.
+    lock_holder: dict[str, Any] = {}
+
+    def _write_lock() -> asyncio.Lock:
+        lock = lock_holder.get("lock")
+        if lock is None:
+            lock = lock_holder["lock"] = asyncio.Lock()
+        return lock
+
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
+        record = connection.connection._connection_record
+        if record is not None and not record.info.get("holds_write_lock"):
+            try:
+                await_only(asyncio.wait_for(_write_lock().acquire(), 30))
+            except TimeoutError:
+                # What SQLite's own busy timeout would have raised.
+                raise sqlite3.OperationalError("database is locked") from None
+            record.info["holds_write_lock"] = True
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def _release(_dbapi_connection: Any, record: Any, *args: Any) -> None:
+        if record is not None and record.info.pop("holds_write_lock", False):
+            _write_lock().release()
+
+    event.listen(engine.sync_engine.pool, "checkin", _release)
+    event.listen(engine.sync_engine.pool, "invalidate", _release)
 
 
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:

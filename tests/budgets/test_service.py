@@ -102,3 +102,72 @@ async def test_elapsed_period_starts_fresh(app: Any, actors: Actors) -> None:
     )
     reservation = await service.reserve(app.state.enclava.session_factory, subject, 900)
     assert reservation.budget_ids
+
+
+async def test_reservation_in_a_caller_session_is_atomic_and_refusal_leaves_nothing(
+    app: Any, actors: Actors
+) -> None:
+    owner = await actors.user()
+    subject = await _subject(app, owner)
+    budget_id = await _budget(app, owner["id"], limit=5_000)
+    factory = app.state.enclava.session_factory
+    async with transaction(factory) as session:
+        reservation = await service.reserve(factory, subject, 4_000, session=session)
+        assert reservation.budget_ids == (budget_id,)
+    async with transaction(factory) as session:
+        with pytest.raises(QuotaExceededError):
+            await service.reserve(factory, subject, 2_000, session=session)
+    async with transaction(factory) as session:
+        budget = await session.get(Budget, budget_id)
+        assert budget is not None and budget.reserved_nanousd == 4_000
+
+
+async def test_threshold_crossings_reach_listeners(app: Any, actors: Actors) -> None:
+    owner = await actors.user()
+    subject = await _subject(app, owner)
+    await _budget(app, owner["id"], limit=10_000, soft_thresholds=[50])
+    factory = app.state.enclava.session_factory
+    heard: list[service.ThresholdCrossing] = []
+    service.threshold_listeners.append(heard.append)
+    try:
+        reservation = await service.reserve(factory, subject, 6_000)
+        crossings = await service.settle(factory, subject, reservation, 6_000, _usage())
+        service.report_crossings(crossings)
+    finally:
+        service.threshold_listeners.remove(heard.append)
+    assert [(c.threshold_percent, c.spent_nanousd) for c in heard] == [(50, 6_000)]
+
+
+async def test_settlement_queue_groups_concurrent_calls_and_keeps_totals_exact(
+    app: Any, actors: Actors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner = await actors.user()
+    subject = await _subject(app, owner)
+    budget_id = await _budget(app, owner["id"], limit=100_000, soft_thresholds=[1])
+    factory = app.state.enclava.session_factory
+    writes: list[int] = []
+    real = service.settle_many
+
+    async def counting(factory: Any, items: Any, **kwargs: Any) -> Any:
+        writes.append(len(items))
+        return await real(factory, items, **kwargs)
+
+    monkeypatch.setattr(service, "settle_many", counting)
+    queue = service.SettlementQueue(factory, audit=True)
+    reservations = [await service.reserve(factory, subject, 1_000) for _ in range(40)]
+    results = await asyncio.gather(
+        *(
+            queue.settle(service.Settlement(subject, r, 600 + i, _usage()))
+            for i, r in enumerate(reservations)
+        )
+    )
+    await queue.drain()
+    assert sum(writes) == 40 and len(writes) < 40  # grouped into fewer writes
+    # The 1 % threshold is crossed once, and reported to exactly one caller.
+    assert sum(len(r) for r in results) == 1
+    async with transaction(factory) as session:
+        budget = await session.get(Budget, budget_id)
+        assert budget is not None
+        assert budget.reserved_nanousd == 0
+        assert budget.spent_nanousd == sum(600 + i for i in range(40))
+        assert await session.scalar(select(func.count()).select_from(UsageRecord)) == 40

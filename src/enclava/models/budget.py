@@ -38,3 +38,8 @@ class Budget(IdMixin, TimestampMixin, Base):
     soft_thresholds: Mapped[list[int]] = mapped_column(JSONType, default=list)
     notified_threshold: Mapped[int] = mapped_column(default=0)
     is_active: Mapped[bool] = mapped_column(default=True)
+    # Who set the budget: a user may change budgets they created on their own keys, never
+    # budgets an administrator put on them.
+    created_by_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )

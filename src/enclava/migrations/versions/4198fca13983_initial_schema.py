@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 64608f0c7d28
+Revision ID: 4198fca13983
 Revises:
-Create Date: 2026-11-26 12:44:55.924513
+Create Date: 2026-11-26 13:02:00.866934
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ from alembic import op
 
 import enclava.models.base
 
-revision: str = "64608f0c7d28"
+revision: str = "4198fca13983"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -214,6 +214,7 @@ def upgrade() -> None:
         sa.Column("soft_thresholds", enclava.models.base.JSONType(), nullable=False),
         sa.Column("notified_threshold", sa.Integer(), nullable=False),
         sa.Column("is_active", sa.Boolean(), nullable=False),
+        sa.Column("created_by_id", sa.Uuid(), nullable=True),
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("created_at", enclava.models.base.UTCDateTime(timezone=True), nullable=False),
         sa.Column("updated_at", enclava.models.base.UTCDateTime(timezone=True), nullable=False),
@@ -226,6 +227,12 @@ def upgrade() -> None:
             ["api_keys.id"],
             name=op.f("fk_budgets_api_key_id_api_keys"),
             ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["created_by_id"],
+            ["users.id"],
+            name=op.f("fk_budgets_created_by_id_users"),
+            ondelete="SET NULL",
         ),
         sa.ForeignKeyConstraint(
             ["user_id"], ["users.id"], name=op.f("fk_budgets_user_id_users"), ondelete="CASCADE"

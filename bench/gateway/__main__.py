@@ -1,0 +1,3 @@
+from bench.gateway import main
+
+main()

@@ -1,0 +1,876 @@
+"""The metered path: every LLM call in Enclava goes through ``chat_completion`` or ``embeddings``.
+
+policy (scope, model allow-list, confidential-only) → worst-case budget reservation → provider
+(retries with backoff before the first byte, fallbacks, circuit breaker) → settlement of the real
+cost with its usage row. The public API, the dashboard, chatbots and workflows all call these
+functions directly; see docs/gateway.md.
+
+Callers must not hold an open database transaction across a call (on SQLite any transaction
+holds the write lock): reservation and settlement run in short transactions of their own, and
+streamed answers outlive the caller's request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from enclava.auth.subject import AuthSubject
+from enclava.budgets import service as budgets
+from enclava.budgets.service import Reservation, UsageData
+from enclava.errors import (
+    AppError,
+    BadRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    QuotaExceededError,
+    RateLimitError,
+    ServiceUnavailableError,
+    UpstreamError,
+)
+from enclava.kit.logging import request_id_var
+from enclava.llm import pricing
+from enclava.llm.registry import LLMRuntime, ModelEntry, get_runtime
+from enclava.llm.resilience import ProviderError, backoff_delay
+from enclava.state import AppState
+
+logger = logging.getLogger(__name__)
+
+MAX_N = 16
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ChatResult:
+    """A finished, settled chat completion (``body`` is the OpenAI ``chat.completion``)."""
+
+    body: dict[str, Any]
+    model: str
+    provider: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_nanousd: int
+    cached: bool = False
+
+    def headers(self) -> dict[str, str]:
+        return cost_headers(
+            self.model, self.provider, self.prompt_tokens, self.completion_tokens, self.cost_nanousd
+        )
+
+
+@dataclass(slots=True)
+class EmbeddingResult:
+    body: dict[str, Any]
+    model: str
+    provider: str
+    prompt_tokens: int
+    cost_nanousd: int
+
+    def headers(self) -> dict[str, str]:
+        return cost_headers(self.model, self.provider, self.prompt_tokens, 0, self.cost_nanousd)
+
+
+def cost_headers(
+    model: str, provider: str, prompt: int, completion: int, cost: int
+) -> dict[str, str]:
+    return {
+        "x-enclava-model": model,
+        "x-enclava-provider": provider,
+        "x-enclava-prompt-tokens": str(prompt),
+        "x-enclava-completion-tokens": str(completion),
+        "x-enclava-cost-usd": pricing.usd(cost),
+    }
+
+
+# -- policy -----------------------------------------------------------------------------------
+
+
+def _resolve(
+    runtime: LLMRuntime,
+    subject: AuthSubject,
+    model_id: Any,
+    kind: str,
+    *,
+    scope: str | None,
+    confidential_only: bool,
+) -> list[ModelEntry]:
+    """The model and its usable fallbacks, in order; raises the client's error otherwise."""
+    if scope is not None and not subject.has_scopes(scope):
+        raise PermissionDeniedError(
+            f"This API key lacks the scope: {scope}", code="insufficient_scope"
+        )
+    if not isinstance(model_id, str) or not model_id:
+        raise BadRequestError("model is required", param="model", code="invalid_request")
+    entry = runtime.models.get(model_id)
+    if entry is None:
+        raise NotFoundError(
+            f"The model '{model_id}' does not exist", param="model", code="model_not_found"
+        )
+    if entry.kind != kind:
+        raise BadRequestError(
+            f"The model '{model_id}' is an {entry.kind} model",
+            param="model",
+            code="wrong_model_kind",
+        )
+    if not subject.may_use_model(model_id):
+        raise PermissionDeniedError(
+            f"This API key may not use the model '{model_id}'",
+            param="model",
+            code="model_not_allowed",
+        )
+    restricted = confidential_only or subject.confidential_only
+    if restricted and not entry.confidential:
+        raise PermissionDeniedError(
+            f"The model '{model_id}' is not served by a confidential provider, and this caller is "
+            "restricted to confidential providers",
+            param="model",
+            code="confidential_only",
+        )
+    chain = [entry]
+    for fallback_id in entry.fallbacks:
+        fallback = runtime.models.get(fallback_id)
+        if (
+            fallback is not None
+            and fallback.kind == kind
+            and subject.may_use_model(fallback_id)
+            and (fallback.confidential or not restricted)
+        ):
+            chain.append(fallback)
+    return chain
+
+
+def _int_field(body: dict[str, Any], name: str, low: int, high: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise BadRequestError(
+            f"{name} must be an integer {bounds}", param=name, code="invalid_request"
+        )
+    return value
+
+
+def _validate_chat(body: dict[str, Any]) -> None:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequestError(
+            "messages must be a non-empty array", param="messages", code="invalid_request"
+        )
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequestError(
+                f"messages[{index}] must be an object with a role",
+                param=f"messages.{index}",
+                code="invalid_request",
+            )
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequestError("stream must be a boolean", param="stream", code="invalid_request")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BadRequestError(
+            "stream_options must be an object", param="stream_options", code="invalid_request"
+        )
+
+
+# -- the upstream request ---------------------------------------------------------------------
+
+
+def _upstream_body(
+    body: dict[str, Any], entry: ModelEntry, requested_max: int | None, stream: bool
+) -> dict[str, Any]:
+    upstream = dict(body)
+    upstream["model"] = entry.upstream_model
+    limit = min(requested_max or entry.max_output_tokens, entry.max_output_tokens)
+    upstream.pop("max_tokens", None)
+    upstream.pop("max_completion_tokens", None)
+    upstream[entry.max_tokens_param] = limit
+    if stream:
+        options = dict(upstream.get("stream_options") or {})
+        options["include_usage"] = True  # the gateway always needs the usage to bill
+        upstream["stream_options"] = options
+    else:
+        upstream.pop("stream_options", None)
+    return upstream
+
+
+def _worst_case(
+    body: dict[str, Any], chain: list[ModelEntry], requested_max: int | None, n: int
+) -> int:
+    worst = 0
+    for entry in chain:
+        prompt = pricing.prompt_token_bound(body, entry.context_window)
+        output = min(requested_max or entry.max_output_tokens, entry.max_output_tokens) * n
+        worst = max(worst, entry.price.cost(prompt, output))
+    return worst
+
+
+async def _call_with_resilience(chain: list[ModelEntry], call: Any) -> tuple[ModelEntry, Any]:
+    """Run ``call(entry)`` on the first candidate that answers; retries before the first byte.
+
+    Raises the AppError to show the client when every candidate failed.
+    """
+    last: ProviderError | None = None
+    for entry in chain:
+        provider = entry.provider
+        try:
+            provider.check_ready()
+        except ProviderError as exc:
+            last = exc
+            continue
+        attempts = provider.config.max_retries + 1
+        for attempt in range(1, attempts + 1):
+            if not provider.breaker.allow():
+                last = ProviderError(
+                    f"provider {provider.name!r} circuit is open", code="circuit_open", status=503
+                )
+                break
+            try:
+                result = await call(entry)
+            except ProviderError as exc:
+                last = exc
+                if exc.counts_as_failure:
+                    provider.breaker.record_failure(exc.code)
+                elif exc.retryable:
+                    provider.breaker.release_trial()
+                else:
+                    provider.breaker.release_trial()
+                    raise _client_error(exc) from None
+                logger.warning(
+                    "provider call failed",
+                    extra={
+                        "provider": provider.name,
+                        "model": entry.id,
+                        "code": exc.code,
+                        "attempt": attempt,
+                    },
+                )
+                if exc.retryable and attempt < attempts:
+                    await asyncio.sleep(
+                        backoff_delay(attempt, provider.config.retry_backoff_s, exc.retry_after_s)
+                    )
+                    continue
+                break
+            provider.breaker.record_success()
+            return entry, result
+    assert last is not None
+    raise _client_error(last)
+
+
+def _client_error(exc: ProviderError) -> AppError:
+    status = exc.status
+    if status in (400, 413, 422):
+        return BadRequestError(exc.message, code=exc.code)
+    if status == 429:
+        return RateLimitError(
+            "The upstream provider is rate limiting; retry later", code="upstream_rate_limited"
+        )
+    if exc.code in ("circuit_open", "manifest_mismatch", "manifest_unavailable"):
+        return ServiceUnavailableError(exc.message, code=exc.code)
+    if exc.code == "upstream_timeout":
+        return UpstreamError("The upstream provider timed out", code=exc.code)
+    return UpstreamError("The upstream provider failed to answer", code=exc.code)
+
+
+# -- budget ------------------------------------------------------------------------------------
+
+
+async def _reserve(
+    state: AppState, subject: AuthSubject, amount: int, session: AsyncSession | None
+) -> Reservation:
+    if session is not None and state.engine.dialect.name != "sqlite":
+        # PostgreSQL: end the caller's transaction first and reserve in one auto-committed
+        # statement, so the budget rows are not locked across a round trip and a loop turn.
+        # SQLite: the caller's transaction already holds the single write lock, so joining it
+        # saves a whole transaction.
+        await session.commit()
+        session = None
+    if session is None:
+        return await budgets.reserve(state.session_factory, subject, amount)
+    try:
+        reservation = await budgets.reserve(state.session_factory, subject, amount, session=session)
+    except QuotaExceededError:
+        await session.commit()  # a refusal changes nothing; keep the loaded subject usable
+        raise
+    except AppError:
+        await session.rollback()
+        raise
+    await session.commit()
+    return reservation
+
+
+# -- settlement -------------------------------------------------------------------------------
+
+
+async def _settle(
+    state: AppState,
+    subject: AuthSubject,
+    reservation: Reservation | None,
+    cost: int,
+    usage: UsageData,
+) -> None:
+    """Settle in a task of its own, so a cancelled caller (client disconnect) cannot stop it."""
+    runtime = get_runtime(state)
+    task = asyncio.get_running_loop().create_task(
+        _settle_now(state, subject, reservation, cost, usage)
+    )
+    runtime.keep(task)
+    await asyncio.shield(task)
+
+
+async def _settle_now(
+    state: AppState,
+    subject: AuthSubject,
+    reservation: Reservation | None,
+    cost: int,
+    usage: UsageData,
+) -> None:
+    item = budgets.Settlement(subject, reservation or Reservation((), 0), cost, usage)
+    try:
+        crossings = await get_runtime(state).settlements.settle(item)
+    except Exception:
+        # The reservation stays held, so the budget errs on the safe side; the row is lost.
+        logger.exception(
+            "settlement failed",
+            extra={"model": usage.model, "request_id": usage.request_id, "cost_nanousd": cost},
+        )
+        return
+    if crossings:
+        budgets.report_crossings(crossings)
+
+
+def _usage_tokens(usage: Any) -> tuple[int, int] | None:
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens") or 0
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return max(0, prompt), max(0, completion)
+
+
+def _charge(
+    entry: ModelEntry, reservation: Reservation | None, prompt: int, completion: int
+) -> int:
+    cost = entry.price.cost(prompt, completion)
+    if reservation is not None and cost > reservation.amount_nanousd:
+        # Only a misreporting upstream gets here: the bound makes it impossible otherwise.
+        logger.warning(
+            "usage above the reserved worst case; charge capped",
+            extra={"model": entry.id, "cost_nanousd": cost, "reserved": reservation.amount_nanousd},
+        )
+        cost = reservation.amount_nanousd
+    return cost
+
+
+# -- chat completions -------------------------------------------------------------------------
+
+
+async def chat_completion(
+    state: AppState,
+    subject: AuthSubject,
+    body: dict[str, Any],
+    *,
+    endpoint: str = "chat.completions",
+    scope: str | None = "llm.chat",
+    confidential_only: bool = False,
+    session: AsyncSession | None = None,
+) -> ChatResult | ChatStream:
+    """Run one metered chat completion.
+
+    ``body`` is an OpenAI chat-completions request (passed through to the provider, with the
+    model mapped to its upstream name and an explicit output limit). ``scope`` is the scope the
+    subject must hold (``None`` when the caller checked its own, e.g. ``chatbot.use``).
+    ``confidential_only`` restricts this call (and its fallbacks) to confidential providers on
+    top of the subject's own restriction. ``session``: the caller's open request session; the
+    reservation joins its transaction and the gateway COMMITS it before calling the provider
+    (one transaction fewer per call, and no transaction held across the upstream call).
+    Without it, commit your own transaction before calling. Returns a settled ``ChatResult``, or for
+    ``stream: true`` a ``ChatStream`` that settles when it ends or is closed. Raises ``AppError``
+    subclasses (OpenAI-shaped under /api/v1).
+    """
+    runtime = get_runtime(state)
+    _validate_chat(body)
+    chain = _resolve(
+        runtime,
+        subject,
+        body.get("model"),
+        "chat",
+        scope=scope,
+        confidential_only=confidential_only,
+    )
+    stream = bool(body.get("stream"))
+    n = _int_field(body, "n", 1, MAX_N) or 1
+    requested_max = _int_field(body, "max_completion_tokens", 1) or _int_field(
+        body, "max_tokens", 1
+    )
+    request_id = request_id_var.get()
+    started = time.perf_counter()
+
+    cache_key = None
+    primary = chain[0]
+    if primary.response_cache_ttl_s and not stream and not primary.confidential:
+        cache_key = _cache_key(subject, body)
+        cached = await state.cache.get(cache_key)
+        if isinstance(cached, dict):
+            if session is not None:
+                await session.commit()
+            await _settle(
+                state,
+                subject,
+                None,
+                0,
+                UsageData(
+                    endpoint=endpoint,
+                    model=primary.id,
+                    provider=primary.provider.name,
+                    status="cached",
+                    request_id=request_id,
+                ),
+            )
+            return ChatResult(cached, primary.id, primary.provider.name, 0, 0, 0, cached=True)
+
+    worst = _worst_case(body, chain, requested_max, n)
+    reservation = await _reserve(state, subject, worst, session)
+
+    async def call(entry: ModelEntry) -> Any:
+        upstream = _upstream_body(body, entry, requested_max, stream)
+        if not stream:
+            return await entry.provider.chat(upstream)
+        iterator = await entry.provider.chat_stream(upstream)
+        try:
+            first = await iterator.__anext__()
+        except StopAsyncIteration:
+            raise ProviderError(
+                "upstream sent an empty stream", code="upstream_disconnected", retryable=True
+            ) from None
+        except ProviderError as exc:
+            # Nothing reached the client yet, so a broken start can be retried.
+            exc.retryable = True
+            raise
+        return iterator, first
+
+    try:
+        entry, result = await _call_with_resilience(chain, call)
+    except AppError as exc:
+        await _settle(
+            state,
+            subject,
+            reservation,
+            0,
+            UsageData(
+                endpoint=endpoint,
+                model=primary.id,
+                provider=primary.provider.name,
+                status="error",
+                error_code=exc.code,
+                latency_ms=_ms(started),
+                streamed=stream,
+                request_id=request_id,
+            ),
+        )
+        raise
+    except BaseException:
+        await _settle(
+            state,
+            subject,
+            reservation,
+            0,
+            UsageData(
+                endpoint=endpoint,
+                model=primary.id,
+                provider=primary.provider.name,
+                status="cancelled",
+                error_code="cancelled",
+                latency_ms=_ms(started),
+                streamed=stream,
+                request_id=request_id,
+            ),
+        )
+        raise
+
+    if stream:
+        iterator, first = result
+        return ChatStream(
+            state=state,
+            subject=subject,
+            entry=entry,
+            reservation=reservation,
+            upstream=iterator,
+            first=first,
+            include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+            prompt_bytes=len(orjson.dumps(body.get("messages"))),
+            endpoint=endpoint,
+            started=started,
+            request_id=request_id,
+        )
+
+    response: dict[str, Any] = result
+    tokens = _usage_tokens(response.get("usage"))
+    estimated = tokens is None
+    if tokens is None:
+        text = sum(
+            len(str((c.get("message") or {}).get("content") or ""))
+            for c in response.get("choices") or []
+            if isinstance(c, dict)
+        )
+        tokens = (
+            pricing.estimate_tokens(len(orjson.dumps(body.get("messages")))),
+            pricing.estimate_tokens(text),
+        )
+    prompt_tokens, completion_tokens = tokens
+    cost = _charge(entry, reservation, prompt_tokens, completion_tokens)
+    response["model"] = entry.id
+    usage_body = response.get("usage") if isinstance(response.get("usage"), dict) else None
+    if usage_body is None:
+        usage_body = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        response["usage"] = usage_body
+    usage_body["cost_usd"] = pricing.usd(cost)
+    await _settle(
+        state,
+        subject,
+        reservation,
+        cost,
+        UsageData(
+            endpoint=endpoint,
+            model=entry.id,
+            provider=entry.provider.name,
+            status="success",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            latency_ms=_ms(started),
+            request_id=request_id,
+            error_code="usage_estimated" if estimated else None,
+        ),
+    )
+    if cache_key is not None and entry is primary:
+        await state.cache.set(cache_key, response, ttl_s=primary.response_cache_ttl_s)
+    return ChatResult(
+        response, entry.id, entry.provider.name, prompt_tokens, completion_tokens, cost
+    )
+
+
+def _cache_key(subject: AuthSubject, body: dict[str, Any]) -> str:
+    digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return f"llm-response:{subject.user_id}:{digest}"
+
+
+def _ms(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)
+
+
+class ChatStream:
+    """A streamed chat completion: iterate OpenAI ``chat.completion.chunk`` dicts.
+
+    The upstream's model name is replaced by the served model's id; the final usage chunk (only
+    when the request asked for ``stream_options.include_usage``) carries ``usage.cost_usd``. The
+    call is settled exactly once: when the stream ends, breaks (``__anext__`` then raises an
+    ``AppError`` after settling what was delivered) or is closed early with ``aclose()`` (client
+    disconnect). Use ``async with`` or call ``aclose()`` when not iterating to the end.
+    """
+
+    def __init__(
+        self,
+        *,
+        state: AppState,
+        subject: AuthSubject,
+        entry: ModelEntry,
+        reservation: Reservation,
+        upstream: AsyncIterator[dict[str, Any]],
+        first: dict[str, Any],
+        include_usage: bool,
+        prompt_bytes: int,
+        endpoint: str,
+        started: float,
+        request_id: str | None,
+    ) -> None:
+        self.state = state
+        self.subject = subject
+        self.entry = entry
+        self.model = entry.id
+        self.provider = entry.provider.name
+        self.reservation = reservation
+        self._upstream = upstream
+        self._first: dict[str, Any] | None = first
+        self.include_usage = include_usage
+        self._prompt_bytes = prompt_bytes
+        self._endpoint = endpoint
+        self._started = started
+        self._request_id = request_id
+        self._usage: tuple[int, int] | None = None
+        self._delivered_bytes = 0
+        self._delivered_chunks = 0
+        self._sent_usage = False
+        self._settled = False
+        self._finished = False
+        self.cost_nanousd = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def __aiter__(self) -> ChatStream:
+        return self
+
+    async def __aenter__(self) -> ChatStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def __anext__(self) -> dict[str, Any]:
+        while True:
+            if self._finished:
+                raise StopAsyncIteration
+            if self._first is not None:
+                chunk, self._first = self._first, None
+            else:
+                try:
+                    chunk = await self._upstream.__anext__()
+                except StopAsyncIteration:
+                    return await self._end()
+                except ProviderError as exc:
+                    self._finished = True
+                    if exc.counts_as_failure:
+                        self.entry.provider.breaker.record_failure(exc.code)
+                    await self._finish("error", exc.code)
+                    raise UpstreamError(
+                        "The upstream provider broke off the stream", code=exc.code
+                    ) from None
+            out = self._process(chunk)
+            if out is not None:
+                return out
+
+    def _process(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
+        chunk["model"] = self.model
+        usage = chunk.get("usage")
+        if usage is not None:
+            tokens = _usage_tokens(usage)
+            if tokens is not None:
+                self._usage = tokens
+            if self.include_usage and isinstance(usage, dict) and tokens is not None:
+                self._sent_usage = True
+                usage["cost_usd"] = pricing.usd(_charge(self.entry, self.reservation, *tokens))
+            else:
+                del chunk["usage"]
+                if not chunk.get("choices"):
+                    return None
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                continue
+            size = len(delta.get("content") or "") + len(delta.get("reasoning_content") or "")
+            for call in delta.get("tool_calls") or ():
+                if isinstance(call, dict):
+                    size += len(str((call.get("function") or {}).get("arguments") or ""))
+            if size:
+                self._delivered_bytes += size
+                self._delivered_chunks += 1
+        return chunk
+
+    def _estimate(self) -> tuple[int, int]:
+        if self._usage is not None:
+            return self._usage
+        completion = max(self._delivered_chunks, pricing.estimate_tokens(self._delivered_bytes))
+        return pricing.estimate_tokens(self._prompt_bytes), completion
+
+    async def _end(self) -> dict[str, Any]:
+        self._finished = True
+        estimated = self._usage is None
+        await self._finish("success", "usage_estimated" if estimated else None)
+        if self.include_usage and not self._sent_usage:
+            # The upstream sent no usage: the client still gets the (estimated) final chunk.
+            return {
+                "id": "chatcmpl-enclava",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": self.model,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": self.prompt_tokens,
+                    "completion_tokens": self.completion_tokens,
+                    "total_tokens": self.prompt_tokens + self.completion_tokens,
+                    "cost_usd": pricing.usd(self.cost_nanousd),
+                },
+            }
+        raise StopAsyncIteration
+
+    async def _finish(self, status: str, error_code: str | None) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        self.prompt_tokens, self.completion_tokens = self._estimate()
+        self.cost_nanousd = _charge(
+            self.entry, self.reservation, self.prompt_tokens, self.completion_tokens
+        )
+        usage = UsageData(
+            endpoint=self._endpoint,
+            model=self.model,
+            provider=self.provider,
+            status=status,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            latency_ms=_ms(self._started),
+            streamed=True,
+            error_code=error_code,
+            request_id=self._request_id,
+        )
+        await _settle(self.state, self.subject, self.reservation, self.cost_nanousd, usage)
+
+    async def aclose(self) -> None:
+        """Stop early (e.g. the client went away): close the upstream and settle what was
+        delivered. Safe to call more than once and from a cancelled task."""
+        if self._settled:
+            return
+        self._finished = True
+        runtime = get_runtime(self.state)
+
+        async def close_and_settle() -> None:
+            aclose = getattr(self._upstream, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(ProviderError, RuntimeError):
+                    await aclose()
+            await self._finish("cancelled", "client_disconnected")
+
+        task = asyncio.get_running_loop().create_task(close_and_settle())
+        runtime.keep(task)
+        await asyncio.shield(task)
+
+
+# -- embeddings -------------------------------------------------------------------------------
+
+
+async def embeddings(
+    state: AppState,
+    subject: AuthSubject,
+    body: dict[str, Any],
+    *,
+    endpoint: str = "embeddings",
+    scope: str | None = "llm.embeddings",
+    confidential_only: bool = False,
+    session: AsyncSession | None = None,
+) -> EmbeddingResult:
+    """Run one metered embeddings call (OpenAI request: ``input`` string or list, optional
+    ``encoding_format`` float or base64). Same policy, budget and settlement as chat."""
+    runtime = get_runtime(state)
+    chain = _resolve(
+        runtime,
+        subject,
+        body.get("model"),
+        "embedding",
+        scope=scope,
+        confidential_only=confidential_only,
+    )
+    raw = body.get("input")
+    if isinstance(raw, str):
+        inputs: list[Any] = [raw]
+    elif isinstance(raw, list) and raw:
+        inputs = [raw] if all(isinstance(x, int) and not isinstance(x, bool) for x in raw) else raw
+    else:
+        raise BadRequestError(
+            "input must be a string or a non-empty array", param="input", code="invalid_request"
+        )
+    for item in inputs:
+        valid_tokens = isinstance(item, list) and item and all(isinstance(x, int) for x in item)
+        if not (isinstance(item, str) and item) and not valid_tokens:
+            raise BadRequestError(
+                "input items must be non-empty strings or token arrays",
+                param="input",
+                code="invalid_request",
+            )
+    if len(inputs) > 2048:
+        raise BadRequestError(
+            "input has more than 2048 items", param="input", code="invalid_request"
+        )
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise BadRequestError(
+            "encoding_format must be float or base64",
+            param="encoding_format",
+            code="invalid_request",
+        )
+    request_id = request_id_var.get()
+    started = time.perf_counter()
+    bound = pricing.embedding_token_bound(inputs)
+    worst = max(e.price.cost(bound, 0) for e in chain)
+    reservation = await _reserve(state, subject, worst, session)
+
+    async def call(entry: ModelEntry) -> dict[str, Any]:
+        upstream = dict(body)
+        upstream["model"] = entry.upstream_model
+        upstream["input"] = inputs if not isinstance(raw, str) else raw
+        if entry.provider.type == "local":
+            upstream["input"] = inputs
+        return await entry.provider.embeddings(upstream)
+
+    primary = chain[0]
+    try:
+        entry, response = await _call_with_resilience(chain, call)
+    except BaseException as exc:
+        code = exc.code if isinstance(exc, AppError) else "cancelled"
+        await _settle(
+            state,
+            subject,
+            reservation,
+            0,
+            UsageData(
+                endpoint=endpoint,
+                model=primary.id,
+                provider=primary.provider.name,
+                status="error" if isinstance(exc, AppError) else "cancelled",
+                error_code=code,
+                latency_ms=_ms(started),
+                request_id=request_id,
+            ),
+        )
+        raise
+    tokens = _usage_tokens(response.get("usage"))
+    prompt_tokens = (
+        tokens[0] if tokens else pricing.estimate_tokens(sum(len(str(i)) for i in inputs))
+    )
+    cost = _charge(entry, reservation, prompt_tokens, 0)
+    response["model"] = entry.id
+    usage_body = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+    usage_body.update(
+        {
+            "prompt_tokens": prompt_tokens,
+            "total_tokens": prompt_tokens,
+            "cost_usd": pricing.usd(cost),
+        }
+    )
+    response["usage"] = usage_body
+    await _settle(
+        state,
+        subject,
+        reservation,
+        cost,
+        UsageData(
+            endpoint=endpoint,
+            model=entry.id,
+            provider=entry.provider.name,
+            status="success",
+            prompt_tokens=prompt_tokens,
+            latency_ms=_ms(started),
+            request_id=request_id,
+        ),
+    )
+    return EmbeddingResult(response, entry.id, entry.provider.name, prompt_tokens, cost)

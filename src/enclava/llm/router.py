@@ -1,0 +1,136 @@
+"""OpenAI-compatible endpoints under /api/v1: chat completions, embeddings, models, status.
+
+Bodies are read and written with orjson and passed through as dicts (the whole OpenAI request
+surface reaches the provider). The budget reservation joins the request's transaction, which
+the gateway commits before calling the provider, so no database connection is held while the
+upstream answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from enclava.auth.dependencies import ApiKeySubject, app_state, require_scopes
+from enclava.auth.subject import AuthSubject
+from enclava.db import DbSession
+from enclava.errors import AppError, BadRequestError
+from enclava.llm import gateway, service
+from enclava.llm.gateway import ChatStream
+
+router = APIRouter(tags=["llm"])
+
+ChatSubject = Annotated[AuthSubject, Depends(require_scopes("llm.chat"))]
+EmbeddingsSubject = Annotated[AuthSubject, Depends(require_scopes("llm.embeddings"))]
+ModelsSubject = Annotated[AuthSubject, Depends(require_scopes("llm.models"))]
+
+_JSON_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"type": "object", "additionalProperties": True}}
+        },
+    }
+}
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequestError("Request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequestError("Request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def _json(payload: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), media_type="application/json", headers=headers)
+
+
+class SSEResponse(StreamingResponse):
+    """Server-sent events from a ``ChatStream``; the stream is closed (and so settled) however
+    the response ends, including a client that disconnects mid-way."""
+
+    def __init__(self, stream: ChatStream) -> None:
+        self.stream = stream
+        super().__init__(
+            _events(stream),
+            media_type="text/event-stream",
+            headers={
+                "cache-control": "no-cache",
+                "x-accel-buffering": "no",
+                "x-enclava-model": stream.model,
+                "x-enclava-provider": stream.provider,
+            },
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.stream.aclose()
+
+
+async def _events(stream: ChatStream) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in stream:
+            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+    except AppError as exc:
+        error = {
+            "message": exc.message,
+            "type": exc.openai_type,
+            "param": exc.param,
+            "code": exc.code,
+        }
+        yield b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+        return
+    yield b"data: [DONE]\n\n"
+
+
+@router.post("/chat/completions", openapi_extra=_JSON_BODY, summary="Create a chat completion")
+async def chat_completions(request: Request, session: DbSession, subject: ChatSubject) -> Response:
+    body = await _json_body(request)
+    # The reservation joins the request's transaction, which the gateway commits before the
+    # upstream call.
+    result = await gateway.chat_completion(app_state(request), subject, body, session=session)
+    if isinstance(result, ChatStream):
+        return SSEResponse(result)
+    return _json(result.body, result.headers())
+
+
+@router.post("/embeddings", openapi_extra=_JSON_BODY, summary="Create embeddings")
+async def create_embeddings(
+    request: Request, session: DbSession, subject: EmbeddingsSubject
+) -> Response:
+    body = await _json_body(request)
+    result = await gateway.embeddings(app_state(request), subject, body, session=session)
+    return _json(result.body, result.headers())
+
+
+@router.get("/models", summary="List the models this key may use")
+async def list_models(request: Request, session: DbSession, subject: ModelsSubject) -> Response:
+    await session.commit()
+    return _json(await service.list_models(app_state(request), subject))
+
+
+@router.get("/models/{model_id:path}", summary="Retrieve a model")
+async def get_model(
+    request: Request, session: DbSession, subject: ModelsSubject, model_id: str
+) -> Response:
+    await session.commit()
+    return _json(await service.get_model(app_state(request), subject, model_id))
+
+
+@router.get("/llm/providers/status", summary="Provider health, circuits and attestation manifest")
+async def providers_status(
+    request: Request, session: DbSession, subject: ApiKeySubject
+) -> Response:
+    await session.commit()
+    return _json(await service.provider_status(app_state(request), subject))
