@@ -51,6 +51,7 @@ def _public_api() -> APIRouter:
     router = APIRouter(prefix=PUBLIC_PREFIX)
     router.include_router(llm_router)
     router.include_router(rag_public_router)
+    router.include_router(chatbot_router.public)
     return router
 
 

@@ -24,7 +24,7 @@ TEMPLATES = "/api-internal/v1/prompt-templates"
 async def create_bot(
     client: httpx.AsyncClient, user: dict[str, Any], **fields: Any
 ) -> dict[str, Any]:
-    body = {"name": "Helper", "model": "test-model", **fields}
+    body = {"name": "Helper", "model": "chat-model", **fields}
     response = await client.post(BOTS, json=body, headers=user["headers"])
     assert response.status_code == 201, response.text
     return response.json()
@@ -92,7 +92,7 @@ async def test_prompt_choices_are_validated(client: httpx.AsyncClient, actors: A
     user = await actors.user()
     headers = user["headers"]
     custom = await client.post(
-        BOTS, json={"name": "c", "model": "m", "type": "custom"}, headers=headers
+        BOTS, json={"name": "c", "model": "chat-model", "type": "custom"}, headers=headers
     )
     assert custom.status_code == 400 and custom.json()["code"] == "missing_prompt"
 
@@ -103,7 +103,7 @@ async def test_prompt_choices_are_validated(client: httpx.AsyncClient, actors: A
         BOTS,
         json={
             "name": "t",
-            "model": "m",
+            "model": "chat-model",
             "type": "teacher",
             "template_variables": {"subjct": "math"},
         },
@@ -115,14 +115,24 @@ async def test_prompt_choices_are_validated(client: httpx.AsyncClient, actors: A
     teacher = await builtin(client, user, "teacher")
     both = await client.post(
         BOTS,
-        json={"name": "b", "model": "m", "system_prompt": "x", "prompt_template_id": teacher["id"]},
+        json={
+            "name": "b",
+            "model": "chat-model",
+            "system_prompt": "x",
+            "prompt_template_id": teacher["id"],
+        },
         headers=headers,
     )
     assert both.status_code == 400 and both.json()["code"] == "conflicting_prompt"
 
     stray = await client.post(
         BOTS,
-        json={"name": "s", "model": "m", "system_prompt": "x", "template_variables": {"a": "b"}},
+        json={
+            "name": "s",
+            "model": "chat-model",
+            "system_prompt": "x",
+            "template_variables": {"a": "b"},
+        },
         headers=headers,
     )
     assert stray.status_code == 400
@@ -133,13 +143,13 @@ async def test_malformed_input_is_a_422_not_a_500(
 ) -> None:
     user = await actors.user()
     for body in (
-        {"name": "x", "model": "m", "temperature": 5},
-        {"name": "x", "model": "m", "type": "pirate"},
-        {"name": "", "model": "m"},
+        {"name": "x", "model": "chat-model", "temperature": 5},
+        {"name": "x", "model": "chat-model", "type": "pirate"},
+        {"name": "", "model": "chat-model"},
         {"name": "x"},
-        {"name": "x", "model": "m", "memory_messages": -1},
-        {"name": "x", "model": "m", "unexpected": True},
-        {"name": "x", "model": "m", "rag_collection_id": "not-a-uuid"},
+        {"name": "x", "model": "chat-model", "memory_messages": -1},
+        {"name": "x", "model": "chat-model", "unexpected": True},
+        {"name": "x", "model": "chat-model", "rag_collection_id": "not-a-uuid"},
     ):
         response = await client.post(BOTS, json=body, headers=user["headers"])
         assert response.status_code == 422, body
@@ -264,7 +274,7 @@ async def test_rag_collection_must_be_readable(
     assert fuzzy.status_code == 422
     theirs = await client.post(
         BOTS,
-        json={"name": "x", "model": "m", "rag_collection_id": collection_id},
+        json={"name": "x", "model": "chat-model", "rag_collection_id": collection_id},
         headers=bob["headers"],
     )
     assert theirs.status_code == 404 and theirs.json()["code"] == "collection_not_found"
@@ -386,7 +396,7 @@ async def test_template_library_crud_and_ownership(
         BOTS,
         json={
             "name": "b",
-            "model": "m",
+            "model": "chat-model",
             "prompt_template_id": template["id"],
             "template_variables": {"topic": "x"},
         },

@@ -9,11 +9,14 @@ tested with doubles and wired to the real gateway and RAG service in one place.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from enclava.auth.subject import AuthSubject
+from enclava.llm import gateway
+from enclava.llm.gateway import ChatResult, ChatStream
+from enclava.llm.registry import get_runtime
+from enclava.state import AppState
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,16 @@ class RetrievedChunk:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+class ChunkStream(Protocol):
+    """A started streamed completion; ``aclose`` settles it even if it was never iterated."""
+
+    def __aiter__(self) -> ChunkStream: ...
+
+    async def __anext__(self) -> ChatChunk: ...
+
+    async def aclose(self) -> None: ...
+
+
 class ModelCatalog(Protocol):
     async def describe_model(self, model: str) -> ModelInfo | None:
         """The model's facts, or ``None`` when the gateway does not know the model."""
@@ -82,7 +95,7 @@ class ChatBackend(ModelCatalog, Protocol):
         *,
         endpoint: str,
         confidential_only: bool,
-    ) -> AsyncGenerator[ChatChunk, None]:
+    ) -> ChunkStream:
         """Start a metered streamed call.
 
         Every refusal (policy, rate limit, budget, upstream unreachable) is raised when this
@@ -110,3 +123,117 @@ class Retriever(Protocol):
 class ChatbotBackends:
     chat: ChatBackend
     retriever: Retriever | None
+
+
+# --- the real wiring ------------------------------------------------------------------------
+
+
+class GatewayChatBackend:
+    """``ChatBackend`` on the metered gateway (``enclava.llm.gateway.chat_completion``).
+
+    The chatbot endpoints check their own scope (``chatbot.use``), so the gateway is called
+    with ``scope=None``; the key's model allow-list, its confidential-only flag, rate limits and
+    budgets still apply there.
+    """
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def describe_model(self, model: str) -> ModelInfo | None:
+        entry = get_runtime(self.state).models.get(model)
+        if entry is None or entry.kind != "chat":
+            return None
+        return ModelInfo(
+            id=entry.id,
+            confidential=entry.confidential,
+            context_window=entry.context_window,
+            max_output_tokens=entry.max_output_tokens,
+        )
+
+    async def complete(
+        self,
+        subject: AuthSubject,
+        body: dict[str, Any],
+        *,
+        endpoint: str,
+        confidential_only: bool,
+    ) -> ChatReply:
+        result = await gateway.chat_completion(
+            self.state,
+            subject,
+            {**body, "stream": False},
+            endpoint=endpoint,
+            scope=None,
+            confidential_only=confidential_only,
+        )
+        assert isinstance(result, ChatResult)
+        choices = result.body.get("choices") or [{}]
+        message = choices[0].get("message") or {}
+        return ChatReply(
+            content=str(message.get("content") or ""),
+            model=result.model,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            finish_reason=choices[0].get("finish_reason"),
+        )
+
+    async def stream(
+        self,
+        subject: AuthSubject,
+        body: dict[str, Any],
+        *,
+        endpoint: str,
+        confidential_only: bool,
+    ) -> ChunkStream:
+        result = await gateway.chat_completion(
+            self.state,
+            subject,
+            {**body, "stream": True, "stream_options": {"include_usage": True}},
+            endpoint=endpoint,
+            scope=None,
+            confidential_only=confidential_only,
+        )
+        assert isinstance(result, ChatStream)
+        return _GatewayChunks(result)
+
+
+class _GatewayChunks:
+    """OpenAI chunks from a ``ChatStream`` as ``ChatChunk``s; the last one carries the usage
+    the gateway settled (the upstream's, or its estimate when the upstream sent none)."""
+
+    def __init__(self, stream: ChatStream) -> None:
+        self._stream = stream
+        self._pending: list[ChatChunk] = []
+        self._done = False
+
+    def __aiter__(self) -> _GatewayChunks:
+        return self
+
+    async def __anext__(self) -> ChatChunk:
+        while not self._pending:
+            if self._done:
+                raise StopAsyncIteration
+            try:
+                chunk = await self._stream.__anext__()
+            except StopAsyncIteration:
+                self._done = True
+                return ChatChunk(
+                    prompt_tokens=self._stream.prompt_tokens,
+                    completion_tokens=self._stream.completion_tokens,
+                )
+            for choice in chunk.get("choices") or ():
+                if not isinstance(choice, dict):
+                    continue
+                delta = choice.get("delta") or {}
+                content = delta.get("content") if isinstance(delta, dict) else None
+                if content or choice.get("finish_reason"):
+                    self._pending.append(
+                        ChatChunk(
+                            content=str(content or ""), finish_reason=choice.get("finish_reason")
+                        )
+                    )
+        return self._pending.pop(0)
+
+    async def aclose(self) -> None:
+        self._done = True
+        await self._stream.aclose()

@@ -1,20 +1,46 @@
-"""Chatbot endpoints: configuration, prompt templates and conversations (internal API)."""
+"""Chatbot endpoints.
+
+Internal API (JWT): configuration, prompt templates, conversations, and a chat endpoint for the
+dashboard. Public API (API keys with ``chatbot.use``): ``/chatbot/interact`` and a chatbot behind
+the OpenAI chat-completions shape. Endpoints that talk to a model commit the request's
+transaction first: no database transaction stays open while the model answers.
+"""
 
 from __future__ import annotations
 
+import logging
 import uuid
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+import orjson
+from fastapi import APIRouter, Depends, Query, Request, Response
 
-from enclava.auth.dependencies import UserSubject
+from enclava.auth.dependencies import UserSubject, app_state, require_scopes
+from enclava.auth.subject import AuthSubject
 from enclava.chatbot import service
-from enclava.chatbot.backends import ModelCatalog
+from enclava.chatbot.backends import (
+    ChatbotBackends,
+    GatewayChatBackend,
+    ModelCatalog,
+)
+from enclava.chatbot.responses import (
+    CONVERSATION_HEADER,
+    TurnStreamResponse,
+    completion_body,
+    interact_body,
+    interact_events,
+    json_response,
+    openai_events,
+)
 from enclava.chatbot.schemas import (
     ChatbotCreate,
     ChatbotRead,
     ChatbotUpdate,
+    ChatRequest,
     ConversationDetail,
     ConversationRead,
+    InteractRequest,
+    InteractResponse,
     MessageRead,
     PromptTemplateCreate,
     PromptTemplateRead,
@@ -23,15 +49,26 @@ from enclava.chatbot.schemas import (
     TemplateRenderResponse,
 )
 from enclava.db import DbSession
+from enclava.errors import BadRequestError
 from enclava.models import ChatbotConversation
+
+logger = logging.getLogger(__name__)
 
 internal = APIRouter(prefix="/chatbots", tags=["chatbots"])
 templates = APIRouter(prefix="/prompt-templates", tags=["prompt templates"])
+public = APIRouter(prefix="/chatbot", tags=["chatbots"])
+
+ChatbotKeySubject = Annotated[AuthSubject, Depends(require_scopes("chatbot.use"))]
 
 
-def model_catalog(request: Request) -> ModelCatalog | None:
-    """The gateway's model registry, for checking a chatbot's model when it is configured."""
-    return None
+def model_catalog(request: Request) -> ModelCatalog:
+    """The gateway's model registry, for checking a chatbot's model."""
+    return GatewayChatBackend(app_state(request))
+
+
+def chatbot_backends(request: Request) -> ChatbotBackends:
+    state = app_state(request)
+    return ChatbotBackends(chat=GatewayChatBackend(state), retriever=None)
 
 
 def _conversation_read(conversation: ChatbotConversation, count: int) -> ConversationRead:
@@ -204,3 +241,185 @@ async def render_template(
 ) -> TemplateRenderResponse:
     text = await service.render_template(session, subject, template_id, body.variables)
     return TemplateRenderResponse(text=text)
+
+
+# --- talking to a chatbot -------------------------------------------------------------------
+
+_JSON_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"type": "object", "additionalProperties": True}}
+        },
+    }
+}
+
+
+async def _chat(
+    request: Request,
+    subject: AuthSubject,
+    *,
+    chatbot_id: uuid.UUID,
+    message: str,
+    conversation_id: uuid.UUID | None,
+    stream: bool,
+    endpoint: str,
+) -> Response:
+    factory = app_state(request).session_factory
+    backends = chatbot_backends(request)
+    if stream:
+        turn = await service.stream_turn(
+            factory,
+            subject,
+            backends,
+            chatbot_id=chatbot_id,
+            message=message,
+            conversation_id=conversation_id,
+            endpoint=endpoint,
+        )
+        return TurnStreamResponse(turn, interact_events)
+    result = await service.run_turn(
+        factory,
+        subject,
+        backends,
+        chatbot_id=chatbot_id,
+        message=message,
+        conversation_id=conversation_id,
+        endpoint=endpoint,
+    )
+    return json_response(interact_body(result), {CONVERSATION_HEADER: str(result.conversation_id)})
+
+
+@internal.post(
+    "/{chatbot_id}/chat",
+    response_model=InteractResponse,
+    summary="Talk to one of your chatbots (dashboard); SSE when stream is true",
+)
+async def chat(
+    chatbot_id: uuid.UUID,
+    body: ChatRequest,
+    request: Request,
+    session: DbSession,
+    subject: UserSubject,
+) -> Response:
+    await session.commit()
+    return await _chat(
+        request,
+        subject,
+        chatbot_id=chatbot_id,
+        message=body.message,
+        conversation_id=body.conversation_id,
+        stream=body.stream,
+        endpoint="chatbot.chat",
+    )
+
+
+@public.post(
+    "/interact",
+    response_model=InteractResponse,
+    summary="Send a message to a chatbot; SSE when stream is true",
+)
+async def interact(
+    body: InteractRequest, request: Request, session: DbSession, subject: ChatbotKeySubject
+) -> Response:
+    await session.commit()
+    return await _chat(
+        request,
+        subject,
+        chatbot_id=body.chatbot_id,
+        message=body.message,
+        conversation_id=body.conversation_id,
+        stream=body.stream,
+        endpoint="chatbot.interact",
+    )
+
+
+# --- a chatbot behind the OpenAI chat-completions shape -------------------------------------
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise BadRequestError("Request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequestError("Request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def _conversation_id(request: Request, body: dict[str, Any]) -> uuid.UUID | None:
+    """From the ``X-Conversation-ID`` header or ``metadata.conversation_id`` (they must agree)."""
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise BadRequestError("metadata must be an object", param="metadata")
+    candidates = {
+        value
+        for value in (
+            request.headers.get(CONVERSATION_HEADER),
+            (metadata or {}).get("conversation_id"),
+        )
+        if value
+    }
+    if not candidates:
+        return None
+    if len(candidates) > 1:
+        raise BadRequestError(
+            "X-Conversation-ID and metadata.conversation_id name different conversations",
+            param="metadata.conversation_id",
+        )
+    try:
+        return uuid.UUID(str(candidates.pop()))
+    except ValueError:
+        raise BadRequestError(
+            "conversation_id is not a valid conversation id", param="metadata.conversation_id"
+        ) from None
+
+
+@public.post(
+    "/{chatbot_id}/chat/completions",
+    openapi_extra=_JSON_BODY,
+    summary="Talk to a chatbot with any OpenAI client (memory and RAG included)",
+)
+async def chat_completions(
+    chatbot_id: uuid.UUID, request: Request, session: DbSession, subject: ChatbotKeySubject
+) -> Response:
+    body = await _json_body(request)
+    await session.commit()
+    conversation_id = _conversation_id(request, body)
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise BadRequestError("messages must be an array", param="messages")
+    history, message = service.split_openai_messages(messages)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequestError("stream must be a boolean", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BadRequestError("stream_options must be an object", param="stream_options")
+    factory = app_state(request).session_factory
+    backends = chatbot_backends(request)
+    if stream:
+        turn = await service.stream_turn(
+            factory,
+            subject,
+            backends,
+            chatbot_id=chatbot_id,
+            message=message,
+            conversation_id=conversation_id,
+            seed_history=history,
+            endpoint="chatbot.chat_completions",
+        )
+        return TurnStreamResponse(turn, openai_events(bool((options or {}).get("include_usage"))))
+    result = await service.run_turn(
+        factory,
+        subject,
+        backends,
+        chatbot_id=chatbot_id,
+        message=message,
+        conversation_id=conversation_id,
+        seed_history=history,
+        endpoint="chatbot.chat_completions",
+    )
+    return json_response(
+        completion_body(result), {CONVERSATION_HEADER: str(result.conversation_id)}
+    )

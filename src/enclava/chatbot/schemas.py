@@ -227,8 +227,9 @@ class Usage(BaseModel):
 class InteractResponse(BaseModel):
     response: str
     conversation_id: uuid.UUID
+    # ``None`` only if the chatbot or conversation was deleted while the model was answering.
     message_id: uuid.UUID | None
     sources: list[SourceRef]
-    usage: Usage | None = None
+    usage: Usage
     # True when "answer only from sources" found nothing and the fixed reply was given.
-    answered_from_sources_refusal: bool = False
+    refused: bool

@@ -116,7 +116,13 @@ async def subject_for(factory: Any, user: dict[str, Any]) -> AuthSubject:
 
 
 async def new_bot(client: httpx.AsyncClient, user: dict[str, Any], **fields: Any) -> uuid.UUID:
-    body = {"name": "Bot", "model": "m1", "type": "custom", "system_prompt": "Be exact.", **fields}
+    body = {
+        "name": "Bot",
+        "model": "chat-model",
+        "type": "custom",
+        "system_prompt": "Be exact.",
+        **fields,
+    }
     response = await client.post(BOTS, json=body, headers=user["headers"])
     assert response.status_code == 201, response.text
     return uuid.UUID(response.json()["id"])
@@ -446,7 +452,14 @@ async def test_model_limits_and_confidential_flag_reach_the_gateway(
         ModelInfo(id="m1", confidential=True, context_window=1200, max_output_tokens=300)
     )
     backends = ChatbotBackends(chat=chat, retriever=None)
-    bot = await new_bot(client, user, confidential_only=True, memory_messages=100, max_tokens=500)
+    bot = await new_bot(
+        client,
+        user,
+        model="private-model",
+        confidential_only=True,
+        memory_messages=100,
+        max_tokens=500,
+    )
     long = "x" * 600  # about 200 tokens per message
     turn = await service.run_turn(
         factory, subject, backends, chatbot_id=bot, message=long, endpoint="t"
