@@ -278,6 +278,21 @@ async def test_confidential_only_key_cannot_use_a_non_confidential_chatbot(
     assert response.json()["error"]["code"] == "confidential_only"
 
 
+async def test_a_key_limited_to_other_models_cannot_use_the_chatbot(
+    client: httpx.AsyncClient, actors: Actors, upstream: Simulator
+) -> None:
+    setup = await setup_bot(client, actors)
+    key = await actors.api_key(
+        setup["owner"], scopes=["chatbot.use"], allowed_models=["small-model"]
+    )
+    response = await client.post(
+        INTERACT, json={"chatbot_id": setup["id"], "message": "hi"}, headers=key["headers"]
+    )
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "model_not_allowed"
+    assert upstream_messages(upstream) == []
+
+
 async def test_interact_streams_sse_and_records_the_turn(
     app: Any, client: httpx.AsyncClient, actors: Actors, upstream: Simulator
 ) -> None:

@@ -403,8 +403,6 @@ async def test_streamed_turn_yields_deltas_then_records(
     turn = await service.stream_turn(
         factory, subject, backends, chatbot_id=bot, message="hi", endpoint="t"
     )
-    assert chat.calls[0]["body"]["stream"] is True
-    assert chat.calls[0]["body"]["stream_options"] == {"include_usage": True}
     events = [e async for e in turn.events]
     assert events[:3] == ["stre", "amed ", "answer"]
     final = events[3]
@@ -584,3 +582,33 @@ def test_unsupported_openai_messages_are_a_400(messages: list[Any]) -> None:
     with pytest.raises(BadRequestError) as raised:
         service.split_openai_messages(messages)
     assert raised.value.status_code == 400
+
+
+async def test_a_collection_lost_by_the_owner_is_a_clear_error(
+    factory: Any, client: httpx.AsyncClient, actors: Actors
+) -> None:
+    user = await actors.user()
+    subject = await subject_for(factory, user)
+    async with transaction(factory) as session:
+        collection = RagCollection(user_id=user["id"], name="kb", qdrant_collection_name="kb")
+        session.add(collection)
+        await session.flush()
+        collection_id = str(collection.id)
+
+    class LostRetriever(FakeRetriever):
+        async def search(self, *args: Any, **kwargs: Any) -> list[RetrievedChunk]:
+            raise NotFoundError("Collection not found", code="collection_not_found")
+
+    chat = FakeChat()
+    bot = await new_bot(client, user, rag_collection_id=collection_id)
+    with pytest.raises(BadRequestError) as raised:
+        await service.run_turn(
+            factory,
+            subject,
+            ChatbotBackends(chat=chat, retriever=LostRetriever([])),
+            chatbot_id=bot,
+            message="?",
+            endpoint="t",
+        )
+    assert raised.value.code == "rag_collection_unavailable"
+    assert chat.calls == []

@@ -34,7 +34,7 @@ from enclava.chatbot.service.chatbots import (
     get_chatbot,
 )
 from enclava.db import SessionFactory, transaction
-from enclava.errors import BadRequestError
+from enclava.errors import BadRequestError, NotFoundError
 from enclava.kit.time import utcnow
 from enclava.models import ChatbotConversation, ChatbotInstance, ChatbotMessage
 
@@ -180,7 +180,6 @@ async def _prepare_turn(
     message: str,
     conversation_id: uuid.UUID | None,
     seed_history: Sequence[HistoryMessage],
-    stream: bool,
 ) -> _Turn:
     received_at = utcnow()
     async with transaction(factory) as session:
@@ -247,9 +246,6 @@ async def _prepare_turn(
         "temperature": chatbot.temperature,
         "max_tokens": plan.max_output_tokens,
     }
-    if stream:
-        turn.body["stream"] = True
-        turn.body["stream_options"] = {"include_usage": True}
     return turn
 
 
@@ -266,9 +262,16 @@ async def _retrieve(
     # Search as the chatbot's owner: a key needs only chatbot.use, not rag.read, to be answered
     # from the owner's collection through the chatbot.
     owner = AuthSubject(kind="user", user=subject.user)
-    chunks = await backends.retriever.search(
-        owner, chatbot.rag_collection_id, query, top_k=chatbot.top_k, mode=chatbot.search_mode
-    )
+    try:
+        chunks = await backends.retriever.search(
+            owner, chatbot.rag_collection_id, query, top_k=chatbot.top_k, mode=chatbot.search_mode
+        )
+    except NotFoundError:
+        # The collection was unshared from the owner: say so rather than answer without it.
+        raise BadRequestError(
+            "This chatbot's RAG collection is no longer available to its owner",
+            code="rag_collection_unavailable",
+        ) from None
     threshold = chatbot.score_threshold
     return [c for c in chunks if threshold is None or c.score >= threshold]
 
@@ -419,7 +422,6 @@ async def run_turn(
         message=message,
         conversation_id=conversation_id,
         seed_history=seed_history,
-        stream=False,
     )
     if turn.body is None:
         return await _finish(factory, turn, answer=turn.refusal or "")
@@ -461,7 +463,6 @@ async def stream_turn(
         message=message,
         conversation_id=conversation_id,
         seed_history=seed_history,
-        stream=True,
     )
     chunks = None
     if turn.body is not None:
