@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from enclava.app import create_app as create_enclava
 from enclava.config import Settings
 from enclava.testing.mock_upstream import Simulator, SimulatorConfig, create_app
 from enclava.testing.server import serve_in_thread
@@ -79,3 +81,15 @@ def settings(
     path = tmp_path / "providers.yaml"
     path.write_text(PROVIDERS_YAML.format(url=url))
     return settings.model_copy(update={"providers_file": path})
+
+
+@pytest.fixture
+def served(settings: Settings, app: Any, tmp_path: Path) -> Iterator[str]:
+    """A second app instance on the same database, served by uvicorn on loopback (for the
+    official openai SDK). Qdrant's local mode is held by one instance at a time, so this one gets
+    a data dir (and vector store) of its own; it only needs the database."""
+    values = settings.model_dump()
+    values["data_dir"] = tmp_path / "second-instance"
+    values["database_url"] = settings.resolved_database_url
+    with serve_in_thread(create_enclava(Settings(_env_file=None, **values))) as url:  # type: ignore[call-arg]
+        yield url

@@ -9,10 +9,7 @@ import httpx
 import openai
 import pytest
 
-from enclava.app import create_app
-from enclava.config import Settings
 from enclava.testing.mock_upstream import Simulator
-from enclava.testing.server import serve_in_thread
 from tests.chatbot.test_public import (
     BOTS,
     add_budget,
@@ -140,88 +137,86 @@ async def test_stream_chunks_with_usage(
 
 
 async def test_openai_sdk_talks_to_a_chatbot(
-    app: Any, client: httpx.AsyncClient, actors: Actors, upstream: Simulator, settings: Settings
+    app: Any, client: httpx.AsyncClient, actors: Actors, upstream: Simulator, served: str
 ) -> None:
     setup = await setup_bot(client, actors)
     stranger = await setup_bot(client, actors)
-    with serve_in_thread(create_app(settings)) as base:
-        async with openai.AsyncOpenAI(
-            api_key=setup["key"]["key"],
-            base_url=f"{base}/api/v1/chatbot/{setup['id']}",
-            max_retries=0,
-        ) as sdk:
-            completion = await sdk.chat.completions.create(
-                model="chatbot", messages=[{"role": "user", "content": "Remember the word teal."}]
+    async with openai.AsyncOpenAI(
+        api_key=setup["key"]["key"],
+        base_url=f"{served}/api/v1/chatbot/{setup['id']}",
+        max_retries=0,
+    ) as sdk:
+        completion = await sdk.chat.completions.create(
+            model="chatbot", messages=[{"role": "user", "content": "Remember the word teal."}]
+        )
+        answer = completion.choices[0].message.content
+        assert answer and completion.model == "chat-model"
+        conversation_id = (completion.model_extra or {})["conversation_id"]
+
+        stream = await sdk.chat.completions.create(
+            model="chatbot",
+            messages=[{"role": "user", "content": "Which word?"}],
+            metadata={"conversation_id": conversation_id},
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert streamed
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+        assert (chunks[0].model_extra or {})["conversation_id"] == conversation_id
+
+        # The second turn went upstream with the first one as memory.
+        assert upstream_messages(upstream)[-1][1:] == [
+            {"role": "user", "content": "Remember the word teal."},
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": "Which word?"},
+        ]
+        history = await client.get(
+            f"{BOTS}/{setup['id']}/conversations/{conversation_id}",
+            headers=setup["owner"]["headers"],
+        )
+        assert [m["content"] for m in history.json()["messages"]][-2:] == [
+            "Which word?",
+            streamed,
+        ]
+
+        # Someone else's chatbot: the path names it, but the key's owner does not own it.
+        others = sdk.with_options(base_url=f"{served}/api/v1/chatbot/{stranger['id']}")
+        with pytest.raises(openai.NotFoundError):
+            await others.chat.completions.create(
+                model="chatbot", messages=[{"role": "user", "content": "x"}]
             )
-            answer = completion.choices[0].message.content
-            assert answer and completion.model == "chat-model"
-            conversation_id = (completion.model_extra or {})["conversation_id"]
 
-            stream = await sdk.chat.completions.create(
-                model="chatbot",
-                messages=[{"role": "user", "content": "Which word?"}],
-                metadata={"conversation_id": conversation_id},
-                stream=True,
-                stream_options={"include_usage": True},
+        await add_budget(app, api_key_id=setup["key"]["id"], limit_nanousd=1000)
+        with pytest.raises(openai.RateLimitError) as quota:
+            await sdk.chat.completions.create(
+                model="chatbot", messages=[{"role": "user", "content": "x"}]
             )
-            chunks = [chunk async for chunk in stream]
-            streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-            assert streamed
-            assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
-            assert (chunks[0].model_extra or {})["conversation_id"] == conversation_id
-
-            # The second turn went upstream with the first one as memory.
-            assert upstream_messages(upstream)[-1][1:] == [
-                {"role": "user", "content": "Remember the word teal."},
-                {"role": "assistant", "content": answer},
-                {"role": "user", "content": "Which word?"},
-            ]
-            history = await client.get(
-                f"{BOTS}/{setup['id']}/conversations/{conversation_id}",
-                headers=setup["owner"]["headers"],
-            )
-            assert [m["content"] for m in history.json()["messages"]][-2:] == [
-                "Which word?",
-                streamed,
-            ]
-
-            # Someone else's chatbot: the path names it, but the key's owner does not own it.
-            others = sdk.with_options(base_url=f"{base}/api/v1/chatbot/{stranger['id']}")
-            with pytest.raises(openai.NotFoundError):
-                await others.chat.completions.create(
-                    model="chatbot", messages=[{"role": "user", "content": "x"}]
-                )
-
-            await add_budget(app, api_key_id=setup["key"]["id"], limit_nanousd=1000)
-            with pytest.raises(openai.RateLimitError) as quota:
-                await sdk.chat.completions.create(
-                    model="chatbot", messages=[{"role": "user", "content": "x"}]
-                )
-            assert quota.value.code == "insufficient_quota"
+        assert quota.value.code == "insufficient_quota"
 
 
 async def test_a_client_leaving_mid_stream_is_settled_and_records_nothing(
-    app: Any, client: httpx.AsyncClient, actors: Actors, upstream: Simulator, settings: Settings
+    app: Any, client: httpx.AsyncClient, actors: Actors, upstream: Simulator, served: str
 ) -> None:
     setup = await setup_bot(client, actors, model="slow-model")
-    with serve_in_thread(create_app(settings)) as base:
-        async with openai.AsyncOpenAI(
-            api_key=setup["key"]["key"],
-            base_url=f"{base}/api/v1/chatbot/{setup['id']}",
-            max_retries=0,
-        ) as sdk:
-            stream = await sdk.chat.completions.create(
-                model="chatbot", messages=[{"role": "user", "content": "long story"}], stream=True
-            )
-            async for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    break
-            await stream.close()
-        for _ in range(200):
-            rows = await usage_rows(app)
-            if rows:
+    async with openai.AsyncOpenAI(
+        api_key=setup["key"]["key"],
+        base_url=f"{served}/api/v1/chatbot/{setup['id']}",
+        max_retries=0,
+    ) as sdk:
+        stream = await sdk.chat.completions.create(
+            model="chatbot", messages=[{"role": "user", "content": "long story"}], stream=True
+        )
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
                 break
-            await asyncio.sleep(0.05)
+        await stream.close()
+    for _ in range(200):
+        rows = await usage_rows(app)
+        if rows:
+            break
+        await asyncio.sleep(0.05)
     [row] = rows
     assert (row.status, row.error_code, row.streamed) == ("cancelled", "client_disconnected", True)
     assert row.completion_tokens > 0

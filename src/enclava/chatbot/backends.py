@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from enclava.auth.subject import AuthSubject
+from enclava.db import transaction
 from enclava.llm import gateway
 from enclava.llm.gateway import ChatResult, ChatStream
 from enclava.llm.registry import get_runtime
+from enclava.rag import service as rag_service
+from enclava.rag.runtime import get_runtime as get_rag_runtime
+from enclava.rag.schemas import SearchMode
 from enclava.state import AppState
 
 
@@ -237,3 +241,41 @@ class _GatewayChunks:
     async def aclose(self) -> None:
         self._done = True
         await self._stream.aclose()
+
+
+class RagRetriever:
+    """``Retriever`` on RAG's search (its access rule included), in a short transaction."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def search(
+        self,
+        subject: AuthSubject,
+        collection_id: uuid.UUID,
+        query: str,
+        *,
+        top_k: int,
+        mode: str = "hybrid",
+    ) -> list[RetrievedChunk]:
+        async with transaction(self.state.session_factory) as session:
+            hits = await rag_service.search(
+                session,
+                subject,
+                collection_id,
+                query,
+                rag=get_rag_runtime(self.state),
+                top_k=top_k,
+                mode=cast(SearchMode, mode),
+            )
+        return [
+            RetrievedChunk(
+                text=hit.text,
+                score=hit.score,
+                document_id=hit.document_id,
+                filename=hit.filename,
+                page=hit.page,
+                metadata=hit.metadata,
+            )
+            for hit in hits
+        ]

@@ -17,8 +17,6 @@ from enclava.models import (
     ChatbotInstance,
     ChatbotMessage,
     PromptTemplate,
-    RagCollection,
-    RagCollectionShare,
 )
 
 # --- chatbots -------------------------------------------------------------------------------
@@ -54,21 +52,6 @@ async def chatbots_using_template(
 ) -> list[ChatbotInstance]:
     query = select(ChatbotInstance).where(ChatbotInstance.prompt_template_id == template_id)
     return list((await session.execute(query)).scalars())
-
-
-async def collection_readable(
-    session: AsyncSession, collection_id: uuid.UUID, user_id: uuid.UUID
-) -> bool:
-    """Whether the user owns the RAG collection or it was shared with them."""
-    shared = select(RagCollectionShare.collection_id).where(
-        RagCollectionShare.collection_id == collection_id,
-        RagCollectionShare.user_id == user_id,
-    )
-    query = select(RagCollection.id).where(
-        RagCollection.id == collection_id,
-        or_(RagCollection.user_id == user_id, RagCollection.id.in_(shared)),
-    )
-    return (await session.execute(query)).first() is not None
 
 
 # --- conversations --------------------------------------------------------------------------

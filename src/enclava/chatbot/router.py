@@ -22,6 +22,7 @@ from enclava.chatbot.backends import (
     ChatbotBackends,
     GatewayChatBackend,
     ModelCatalog,
+    RagRetriever,
 )
 from enclava.chatbot.responses import (
     CONVERSATION_HEADER,
@@ -68,7 +69,7 @@ def model_catalog(request: Request) -> ModelCatalog:
 
 def chatbot_backends(request: Request) -> ChatbotBackends:
     state = app_state(request)
-    return ChatbotBackends(chat=GatewayChatBackend(state), retriever=None)
+    return ChatbotBackends(chat=GatewayChatBackend(state), retriever=RagRetriever(state))
 
 
 def _conversation_read(conversation: ChatbotConversation, count: int) -> ConversationRead:

@@ -18,6 +18,7 @@ from enclava.chatbot.templates import check_values, render, variables_from_rows
 from enclava.errors import BadRequestError, NotFoundError, PermissionDeniedError
 from enclava.kit.time import utcnow
 from enclava.models import ChatbotConversation, ChatbotInstance, ChatbotMessage, PromptTemplate
+from enclava.rag import service as rag_service
 
 
 def chatbot_not_found() -> NotFoundError:
@@ -102,12 +103,9 @@ async def _check_model(
 async def _check_collection(
     session: AsyncSession, subject: AuthSubject, collection_id: uuid.UUID | None
 ) -> None:
-    if collection_id is not None and not await repository.collection_readable(
-        session, collection_id, subject.user_id
-    ):
-        raise NotFoundError(
-            "RAG collection not found", code="collection_not_found", param="rag_collection_id"
-        )
+    """The owner must be able to read the collection (RAG's access rule: own or shared)."""
+    if collection_id is not None:
+        await rag_service.get_collection(session, subject, collection_id)
 
 
 async def create_chatbot(
