@@ -19,6 +19,7 @@ from tests.chatbot.test_public import (
     usage_rows,
 )
 from tests.conftest import Actors
+from tests.specs.openai import assert_valid
 
 
 def url_for(bot_id: str) -> str:
@@ -45,6 +46,7 @@ async def test_stateless_history_then_continuity_by_header(
     )
     assert first.status_code == 200, first.text
     body = first.json()
+    assert_valid("CreateChatCompletionResponse", body)
     assert body["object"] == "chat.completion" and body["model"] == "chat-model"
     assert body["choices"][0]["message"]["role"] == "assistant"
     assert (
@@ -126,6 +128,8 @@ async def test_stream_chunks_with_usage(
     events = sse(response.text)
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
+    for chunk in chunks:
+        assert_valid("CreateChatCompletionStreamResponse", chunk)
     assert all(
         c["object"] == "chat.completion.chunk" and c["model"] == "chat-model" for c in chunks
     )

@@ -173,6 +173,14 @@ async def test_scope_ownership_and_conversations_are_enforced(
         headers=bob["key"]["headers"],
     )
     assert openai_shape.status_code == 404
+    # Someone else's chatbot is a 404 even with a body that would be a 400.
+    garbage = await client.post(
+        f"/api/v1/chatbot/{alice['id']}/chat/completions",
+        content=b"not json",
+        headers=bob["key"]["headers"],
+    )
+    assert garbage.status_code == 404
+    assert garbage.json()["error"]["code"] == "chatbot_not_found"
     jwt = await client.post(
         INTERACT,
         json={"chatbot_id": alice["id"], "message": "x"},
@@ -211,6 +219,27 @@ async def test_exhausted_budget_is_insufficient_quota_and_records_nothing(
     assert conversations.json() == []
 
 
+async def test_rate_limits_apply_to_chatbot_traffic(
+    client: httpx.AsyncClient, actors: Actors, upstream: Simulator
+) -> None:
+    setup = await setup_bot(client, actors)
+    key = await actors.api_key(setup["owner"], scopes=["chatbot.use"], rate_limit_per_minute=2)
+    body = {"chatbot_id": setup["id"], "message": "hi"}
+    for _ in range(2):
+        allowed = await client.post(INTERACT, json=body, headers=key["headers"])
+        assert allowed.status_code == 200, allowed.text
+        assert allowed.headers["x-ratelimit-limit"] == "2"
+    refused = await client.post(
+        f"/api/v1/chatbot/{setup['id']}/chat/completions",
+        json={"model": "x", "messages": [{"role": "user", "content": "hi"}]},
+        headers=key["headers"],
+    )
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert len(upstream_messages(upstream)) == 2
+
+
 async def test_confidential_only_chatbots_refuse_other_models(
     app: Any, client: httpx.AsyncClient, actors: Actors, upstream: Simulator
 ) -> None:
@@ -222,10 +251,18 @@ async def test_confidential_only_chatbots_refuse_other_models(
         headers=headers,
     )
     assert refused.status_code == 400 and refused.json()["code"] == "model_not_confidential"
+    # A model the gateway does not know is accepted, and refused by the gateway when called.
     unknown = await client.post(
         BOTS, json={"name": "c", "model": "no-such-model", "system_prompt": "x"}, headers=headers
     )
-    assert unknown.status_code == 400 and unknown.json()["code"] == "model_not_found"
+    assert unknown.status_code == 201
+    caller = await actors.api_key(owner, scopes=["chatbot.use"])
+    missing = await client.post(
+        INTERACT,
+        json={"chatbot_id": unknown.json()["id"], "message": "hi"},
+        headers=caller["headers"],
+    )
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
     bot = (
         await client.post(

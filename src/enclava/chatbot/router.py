@@ -384,6 +384,8 @@ def _conversation_id(request: Request, body: dict[str, Any]) -> uuid.UUID | None
 async def chat_completions(
     chatbot_id: uuid.UUID, request: Request, session: DbSession, subject: ChatbotKeySubject
 ) -> Response:
+    # Someone else's chatbot is a 404 whatever the body holds (the turn checks again).
+    await service.get_chatbot(session, subject, chatbot_id)
     body = await _json_body(request)
     await session.commit()
     conversation_id = _conversation_id(request, body)

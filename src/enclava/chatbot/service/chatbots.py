@@ -86,12 +86,13 @@ async def _resolve_prompt(
 async def _check_model(
     catalog: ModelCatalog | None, model: str, *, confidential_only: bool
 ) -> None:
-    if catalog is None:
-        return
-    info = await catalog.describe_model(model)
-    if info is None:
-        raise BadRequestError(f"Unknown model {model!r}", code="model_not_found", param="model")
-    if confidential_only and not info.confidential:
+    """Refuse a model known to be non-confidential for a confidential-only chatbot.
+
+    A model the gateway does not know (yet) is accepted: the providers file may gain it later,
+    and a call to a model that still does not exist fails in the gateway with model_not_found.
+    """
+    info = await catalog.describe_model(model) if catalog is not None else None
+    if info is not None and confidential_only and not info.confidential:
         raise BadRequestError(
             f"Model {model!r} is not served by a confidential provider, and this chatbot is "
             "restricted to confidential models",
