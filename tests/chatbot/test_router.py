@@ -12,7 +12,9 @@ from enclava.db import transaction
 from enclava.models import (
     AuditLog,
     ChatbotConversation,
+    ChatbotInstance,
     ChatbotMessage,
+    PromptTemplate,
     RagCollection,
 )
 from tests.conftest import Actors
@@ -468,3 +470,24 @@ async def test_builtins_are_edited_by_admins_only_and_never_deleted(
     seen = await builtin(client, user, "assistant")
     assert seen["template"] == "You are {{assistant_name}}. Be kind."
     assert (await client.delete(url, headers=admin["headers"])).status_code == 403
+
+
+async def test_deleting_a_user_removes_their_chatbots_templates_and_conversations(
+    app: Any, client: httpx.AsyncClient, actors: Actors
+) -> None:
+    admin, user = await actors.user(role="admin"), await actors.user()
+    template = (
+        await client.post(
+            TEMPLATES, json={"name": "T", "template": "About {{topic}}."}, headers=user["headers"]
+        )
+    ).json()
+    bot = await create_bot(
+        client, user, prompt_template_id=template["id"], template_variables={"topic": "x"}
+    )
+    conversation_id = await add_conversation(app, bot, ["q", "a"])
+    deleted = await client.delete(f"/api-internal/v1/users/{user['id']}", headers=admin["headers"])
+    assert deleted.status_code == 204, deleted.text
+    async with transaction(app.state.enclava.session_factory) as session:
+        assert await session.get(ChatbotConversation, conversation_id) is None
+        assert await session.get(ChatbotInstance, uuid.UUID(bot["id"])) is None
+        assert await session.get(PromptTemplate, uuid.UUID(template["id"])) is None

@@ -71,8 +71,9 @@ class ChatbotConversation(IdMixin, TimestampMixin, Base):
     __tablename__ = "chatbot_conversations"
     __table_args__ = (Index("ix_chatbot_conversations_bot_updated", "chatbot_id", "updated_at"),)
 
+    # Indexed by ix_chatbot_conversations_bot_updated (chatbot_id leads it).
     chatbot_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("chatbot_instances.id", ondelete="CASCADE"), index=True
+        ForeignKey("chatbot_instances.id", ondelete="CASCADE")
     )
     # The conversation's owner (the chatbot's owner); ``api_key_id`` names the key that started it.
     user_id: Mapped[uuid.UUID] = mapped_column(

@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 4198fca13983
+Revision ID: 4c61ed57848e
 Revises:
-Create Date: 2026-11-26 13:02:00.866934
+Create Date: 2026-11-26 13:14:27.054529
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ from alembic import op
 
 import enclava.models.base
 
-revision: str = "4198fca13983"
+revision: str = "4c61ed57848e"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -386,9 +386,6 @@ def upgrade() -> None:
             "ix_chatbot_conversations_bot_updated", ["chatbot_id", "updated_at"], unique=False
         )
         batch_op.create_index(
-            batch_op.f("ix_chatbot_conversations_chatbot_id"), ["chatbot_id"], unique=False
-        )
-        batch_op.create_index(
             batch_op.f("ix_chatbot_conversations_user_id"), ["user_id"], unique=False
         )
 
@@ -428,7 +425,6 @@ def downgrade() -> None:
     op.drop_table("chatbot_messages")
     with op.batch_alter_table("chatbot_conversations", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_chatbot_conversations_user_id"))
-        batch_op.drop_index(batch_op.f("ix_chatbot_conversations_chatbot_id"))
         batch_op.drop_index("ix_chatbot_conversations_bot_updated")
 
     op.drop_table("chatbot_conversations")
