@@ -8,8 +8,8 @@ transaction first: no database transaction stays open while the model answers.
 
 from __future__ import annotations
 
-import logging
 import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any
 
 import orjson
@@ -24,6 +24,7 @@ from enclava.chatbot.backends import (
     ModelCatalog,
     RagRetriever,
 )
+from enclava.chatbot.prompting import HistoryMessage
 from enclava.chatbot.responses import (
     CONVERSATION_HEADER,
     TurnStreamResponse,
@@ -52,8 +53,6 @@ from enclava.chatbot.schemas import (
 from enclava.db import DbSession
 from enclava.errors import BadRequestError
 from enclava.models import ChatbotConversation
-
-logger = logging.getLogger(__name__)
 
 internal = APIRouter(prefix="/chatbots", tags=["chatbots"])
 templates = APIRouter(prefix="/prompt-templates", tags=["prompt templates"])
@@ -265,30 +264,25 @@ async def _chat(
     conversation_id: uuid.UUID | None,
     stream: bool,
     endpoint: str,
+    seed_history: Sequence[HistoryMessage] = (),
+    render_body: Callable[[service.TurnResult], dict[str, Any]] = interact_body,
+    render_events: Callable[[service.StreamingTurn], AsyncIterator[bytes]] = interact_events,
 ) -> Response:
+    """One turn, answered as JSON or (``stream``) as server-sent events."""
+    turn_args: dict[str, Any] = {
+        "chatbot_id": chatbot_id,
+        "message": message,
+        "conversation_id": conversation_id,
+        "seed_history": seed_history,
+        "endpoint": endpoint,
+    }
     factory = app_state(request).session_factory
     backends = chatbot_backends(request)
     if stream:
-        turn = await service.stream_turn(
-            factory,
-            subject,
-            backends,
-            chatbot_id=chatbot_id,
-            message=message,
-            conversation_id=conversation_id,
-            endpoint=endpoint,
-        )
-        return TurnStreamResponse(turn, interact_events)
-    result = await service.run_turn(
-        factory,
-        subject,
-        backends,
-        chatbot_id=chatbot_id,
-        message=message,
-        conversation_id=conversation_id,
-        endpoint=endpoint,
-    )
-    return json_response(interact_body(result), {CONVERSATION_HEADER: str(result.conversation_id)})
+        turn = await service.stream_turn(factory, subject, backends, **turn_args)
+        return TurnStreamResponse(turn, render_events)
+    result = await service.run_turn(factory, subject, backends, **turn_args)
+    return json_response(render_body(result), {CONVERSATION_HEADER: str(result.conversation_id)})
 
 
 @internal.post(
@@ -399,30 +393,15 @@ async def chat_completions(
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise BadRequestError("stream_options must be an object", param="stream_options")
-    factory = app_state(request).session_factory
-    backends = chatbot_backends(request)
-    if stream:
-        turn = await service.stream_turn(
-            factory,
-            subject,
-            backends,
-            chatbot_id=chatbot_id,
-            message=message,
-            conversation_id=conversation_id,
-            seed_history=history,
-            endpoint="chatbot.chat_completions",
-        )
-        return TurnStreamResponse(turn, openai_events(bool((options or {}).get("include_usage"))))
-    result = await service.run_turn(
-        factory,
+    return await _chat(
+        request,
         subject,
-        backends,
         chatbot_id=chatbot_id,
         message=message,
         conversation_id=conversation_id,
-        seed_history=history,
+        stream=stream,
         endpoint="chatbot.chat_completions",
-    )
-    return json_response(
-        completion_body(result), {CONVERSATION_HEADER: str(result.conversation_id)}
+        seed_history=history,
+        render_body=completion_body,
+        render_events=openai_events(bool((options or {}).get("include_usage"))),
     )
