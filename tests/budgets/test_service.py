@@ -171,3 +171,39 @@ async def test_settlement_queue_groups_concurrent_calls_and_keeps_totals_exact(
         assert budget.reserved_nanousd == 0
         assert budget.spent_nanousd == sum(600 + i for i in range(40))
         assert await session.scalar(select(func.count()).select_from(UsageRecord)) == 40
+
+
+async def test_one_failing_settlement_does_not_sink_its_batch(
+    app: Any, actors: Actors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner = await actors.user()
+    subject = await _subject(app, owner)
+    factory = app.state.enclava.session_factory
+    real = service.settle_many
+
+    async def refusing(factory: Any, items: Any, **kwargs: Any) -> Any:
+        if any(item.usage.model == "poison" for item in items):
+            raise RuntimeError("row refused")
+        return await real(factory, items, **kwargs)
+
+    monkeypatch.setattr(service, "settle_many", refusing)
+    queue = service.SettlementQueue(factory, audit=False)
+    usages = [_usage() for _ in range(6)]
+    usages[2].model = "poison"
+    outcomes = await asyncio.gather(
+        *(
+            queue.settle(service.Settlement(subject, service.Reservation((), 0), 5, u))
+            for u in usages
+        ),
+        return_exceptions=True,
+    )
+    assert [isinstance(o, RuntimeError) for o in outcomes] == [
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+    ]
+    async with transaction(factory) as session:
+        assert await session.scalar(select(func.count()).select_from(UsageRecord)) == 5

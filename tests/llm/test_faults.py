@@ -178,3 +178,46 @@ async def test_client_disconnect_mid_stream_settles(
     ledger = await budget(app, budget_id)
     assert ledger.reserved_nanousd == 0
     assert ledger.spent_nanousd == await usage_cost_sum(app) == row.cost_nanousd
+
+
+async def test_client_closing_a_real_stream_settles_what_was_delivered(
+    app: Any, settings: Any, actors: Actors, mock_upstream: Simulator, tmp_path: Any
+) -> None:
+    from enclava.app import create_app
+    from enclava.testing.server import serve_in_thread
+    from tests.llm.helpers import second_instance
+
+    key = await key_for(actors)
+    budget_id = await add_budget(app, key["owner"], 10**9)
+    mock_upstream.config.chunk_latency_ms = 30
+    mock_upstream.config.completion_tokens = 200
+    request = {**CHAT, "stream": True, "max_tokens": 200}
+    with serve_in_thread(create_app(second_instance(settings, tmp_path))) as url:
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=10) as http,
+            http.stream(
+                "POST", "/api/v1/chat/completions", json=request, headers=key["headers"]
+            ) as response,
+        ):
+            assert response.status_code == 200
+            seen = 0
+            async for line in response.aiter_lines():
+                if (
+                    line.startswith("data: ")
+                    and '"content":"' in line
+                    and '"content":""' not in line
+                ):
+                    seen += 1
+                if seen == 3:
+                    break  # the client goes away mid-stream
+        # The server notices the disconnect, stops the upstream and settles.
+        for _ in range(200):
+            rows = await usage_rows(app)
+            if rows:
+                break
+            await asyncio.sleep(0.05)
+    [row] = rows
+    assert (row.status, row.error_code, row.streamed) == ("cancelled", "client_disconnected", True)
+    assert 3 <= row.completion_tokens < 200
+    ledger = await budget(app, budget_id)
+    assert ledger.reserved_nanousd == 0 and ledger.spent_nanousd == row.cost_nanousd > 0

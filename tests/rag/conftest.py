@@ -65,7 +65,7 @@ class RagApi:
             if body["status"] in ("processed", "failed"):
                 return body
             assert time.monotonic() < deadline, f"document still {body['status']}"
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
 
     async def ingest(self, collection_id: str, filename: str, content: bytes, **kw: Any) -> dict:
         document = await self.upload(collection_id, filename, content, **kw)

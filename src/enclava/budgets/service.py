@@ -295,11 +295,28 @@ class SettlementQueue:
                     self._factory, [item for item, _ in batch], audit=self._audit
                 )
             except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                if len(batch) == 1:
+                    if not batch[0][1].done():
+                        batch[0][1].set_exception(exc)
+                    continue
+                # One bad settlement must not take the others down with it: write each alone.
+                self._pending[:0] = [(item, future) for item, future in batch]
+                await self._write_one_by_one(len(batch))
                 continue
             for (_, future), crossings in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(crossings)
+
+    async def _write_one_by_one(self, count: int) -> None:
+        batch = self._pending[:count]
+        del self._pending[:count]
+        for item, future in batch:
+            try:
+                [crossings] = await settle_many(self._factory, [item], audit=self._audit)
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
                 if not future.done():
                     future.set_result(crossings)
 

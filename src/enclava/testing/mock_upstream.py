@@ -517,7 +517,7 @@ def create_app(simulator: Simulator | None = None) -> Any:
             if path == "/embeddings":
                 await _send_json(send, 200, sim.embeddings(body, directives))
             elif body.get("stream"):
-                await _stream(sim, body, directives, send)
+                await _stream(sim, body, directives, send, receive)
             elif directives.drop_after is not None:
                 await _send_truncated(send, sim.chat(body, directives))
             else:
@@ -547,12 +547,26 @@ async def _send_truncated(send: Any, payload: Any) -> None:
     raise MockDrop()
 
 
-async def _stream(sim: Simulator, body: dict[str, Any], directives: Directives, send: Any) -> None:
+async def _stream(
+    sim: Simulator, body: dict[str, Any], directives: Directives, send: Any, receive: Any
+) -> None:
     started = directives.drop_after == 0
     if started:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+    gone = asyncio.Event()
+    watcher = None
+    if directives.chunk_latency_ms:
+        # A slow stream stops when its client goes away (a fast one ends soon anyway).
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.ensure_future(watch())
     try:
         async for chunk in sim.chat_stream(body, directives):
+            if gone.is_set():
+                return
             if not started:
                 await send({"type": "http.response.start", "status": 200, "headers": _SSE})
                 started = True
@@ -568,6 +582,9 @@ async def _stream(sim: Simulator, body: dict[str, Any], directives: Directives, 
         # exactly how much was delivered.
         await asyncio.sleep(0.05)
         raise
+    finally:
+        if watcher is not None:
+            watcher.cancel()
     if not started:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
     await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})

@@ -68,16 +68,25 @@ async def ingest(
         )
         response.raise_for_status()
         ids.append(response.json()["id"])
-    for document_id in ids:
-        while True:
-            response = await client.get(f"{base}/documents/{document_id}", headers=headers)
-            response.raise_for_status()
-            status = response.json()["status"]
-            if status == "processed":
-                break
-            if status == "failed":
-                raise RuntimeError(f"document {document_id} failed: {response.json()['error']}")
-            await asyncio.sleep(0.05)
+    # One listing per round, not one request per document: polling stays well inside the
+    # signed-in user's rate limit however long embedding takes.
+    pending = set(ids)
+    while pending:
+        response = await client.get(
+            f"{base}/collections/{collection_id}/documents",
+            params={"limit": 1000},
+            headers=headers,
+        )
+        response.raise_for_status()
+        for document in response.json():
+            if document["id"] not in pending:
+                continue
+            if document["status"] == "failed":
+                raise RuntimeError(f"document {document['id']} failed: {document.get('error')}")
+            if document["status"] == "processed":
+                pending.discard(document["id"])
+        if pending:
+            await asyncio.sleep(0.25)
 
 
 async def evaluate(
