@@ -14,6 +14,7 @@ from enclava.api_keys.router import router as api_keys_router
 from enclava.audit.router import router as audit_router
 from enclava.auth.router import router as auth_router
 from enclava.budgets.router import router as budgets_router
+from enclava.chatbot import router as chatbot_router
 from enclava.config import Settings, get_settings
 from enclava.db import create_engine, create_session_factory
 from enclava.errors import install_error_handlers
@@ -50,6 +51,7 @@ def _public_api() -> APIRouter:
     router = APIRouter(prefix=PUBLIC_PREFIX)
     router.include_router(llm_router)
     router.include_router(rag_public_router)
+    router.include_router(chatbot_router.public)
     return router
 
 
@@ -62,6 +64,8 @@ def _internal_api() -> APIRouter:
     router.include_router(audit_router)
     router.include_router(rag_internal_router)
     router.include_router(security_router)
+    router.include_router(chatbot_router.internal)
+    router.include_router(chatbot_router.templates)
     return router
 
 
