@@ -26,6 +26,9 @@ from enclava.app import create_app
 from enclava.config import Settings
 from enclava.migrations import runner
 from enclava.models import Base
+from enclava.testing.mock_upstream import Simulator, SimulatorConfig
+from enclava.testing.mock_upstream import create_app as create_mock_upstream
+from enclava.testing.server import serve_in_thread
 
 BACKEND = os.environ.get("ENCLAVA_TEST_BACKEND", "embedded")
 PG_ADMIN_URL = os.environ.get(
@@ -245,3 +248,20 @@ async def make_app(settings: Settings) -> AsyncIterator[StartApp]:
             return application, http
 
         yield start
+
+
+@pytest.fixture(scope="session")
+def mock_upstream_server() -> Iterator[tuple[str, Simulator]]:
+    """The OpenAI-compatible simulator on loopback, one per test run (reset per test by
+    ``mock_upstream``); providers files in tests point at its URL."""
+    simulator = Simulator(SimulatorConfig())
+    with serve_in_thread(create_mock_upstream(simulator)) as url:
+        yield url, simulator
+
+
+@pytest.fixture
+def mock_upstream(mock_upstream_server: tuple[str, Simulator]) -> Simulator:
+    _, simulator = mock_upstream_server
+    simulator.reset()
+    simulator.config = SimulatorConfig()
+    return simulator

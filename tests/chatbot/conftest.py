@@ -10,7 +10,7 @@ import pytest
 
 from enclava.app import create_app as create_enclava
 from enclava.config import Settings
-from enclava.testing.mock_upstream import Simulator, SimulatorConfig, create_app
+from enclava.testing.mock_upstream import Simulator
 from enclava.testing.server import serve_in_thread
 
 PROVIDERS_YAML = """
@@ -58,26 +58,19 @@ models:
 """
 
 
-@pytest.fixture(scope="session")
-def upstream_server() -> Iterator[tuple[str, Simulator]]:
-    simulator = Simulator(SimulatorConfig())
-    with serve_in_thread(create_app(simulator)) as url:
-        yield url, simulator
-
-
 @pytest.fixture
-def upstream(upstream_server: tuple[str, Simulator]) -> Simulator:
-    _, simulator = upstream_server
-    simulator.reset()
-    simulator.config = SimulatorConfig()
-    return simulator
+def upstream(mock_upstream: Simulator) -> Simulator:
+    return mock_upstream
 
 
 @pytest.fixture
 def settings(
-    settings: Settings, tmp_path: Path, upstream_server: tuple[str, Simulator], upstream: Simulator
+    settings: Settings,
+    tmp_path: Path,
+    mock_upstream_server: tuple[str, Simulator],
+    upstream: Simulator,
 ) -> Settings:
-    url, _ = upstream_server
+    url, _ = mock_upstream_server
     path = tmp_path / "providers.yaml"
     path.write_text(PROVIDERS_YAML.format(url=url))
     return settings.model_copy(update={"providers_file": path})

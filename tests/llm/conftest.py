@@ -3,15 +3,13 @@ providers file that points at it, with models scripted for faults by their upstr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from enclava.config import Settings
-from enclava.testing.mock_upstream import Simulator, SimulatorConfig, create_app
-from enclava.testing.server import serve_in_thread
+from enclava.testing.mock_upstream import Simulator
 
 PROVIDERS_YAML = """
 providers:
@@ -98,21 +96,6 @@ models:
     upstream_model: mock-embedding
     input_price_per_million: 0.02
 """
-
-
-@pytest.fixture(scope="session")
-def mock_upstream_server() -> Iterator[tuple[str, Simulator]]:
-    simulator = Simulator(SimulatorConfig())
-    with serve_in_thread(create_app(simulator)) as url:
-        yield url, simulator
-
-
-@pytest.fixture
-def mock_upstream(mock_upstream_server: tuple[str, Simulator]) -> Simulator:
-    _, simulator = mock_upstream_server
-    simulator.reset()
-    simulator.config = SimulatorConfig()
-    return simulator
 
 
 @pytest.fixture

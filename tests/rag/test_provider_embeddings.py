@@ -3,7 +3,6 @@ pays for ingestion, the searcher for the query, and a budget can stop both."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,7 @@ from enclava.config import Settings
 from enclava.db import transaction
 from enclava.kit.time import utcnow
 from enclava.models import Budget, UsageRecord
-from enclava.testing.mock_upstream import Simulator, SimulatorConfig, create_app
-from enclava.testing.server import serve_in_thread
+from enclava.testing.mock_upstream import Simulator
 from tests.rag.conftest import RagApi, running_app
 
 PROVIDERS = """
@@ -35,12 +33,16 @@ models:
 
 
 @pytest.fixture
-def provider_settings(settings: Settings, tmp_path: Path) -> Iterator[Settings]:
-    simulator = Simulator(SimulatorConfig(embedding_dimensions=16))
-    with serve_in_thread(create_app(simulator)) as url:
-        path = tmp_path / "providers.yaml"
-        path.write_text(PROVIDERS.format(url=url))
-        yield settings.model_copy(update={"providers_file": path})
+def provider_settings(
+    settings: Settings,
+    tmp_path: Path,
+    mock_upstream_server: tuple[str, Simulator],
+    mock_upstream: Simulator,
+) -> Settings:
+    url, _ = mock_upstream_server
+    path = tmp_path / "providers.yaml"
+    path.write_text(PROVIDERS.format(url=url))
+    return settings.model_copy(update={"providers_file": path})
 
 
 async def _usage(app: Any) -> list[UsageRecord]:
