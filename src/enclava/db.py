@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -91,6 +92,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get(_READ_ONLY_OPTION):
+            # Pure reads: no BEGIN at all, so each statement autocommits on its own WAL
+            # snapshot. Readers never wait for the writer and never hold up the next one.
+            return
         record = connection.connection._connection_record
         if record is not None and not record.info.get("holds_write_lock"):
             try:
@@ -111,6 +116,32 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+_READ_ONLY_OPTION = "enclava_read_only"
+
+
+def read_only_engine(engine: AsyncEngine) -> AsyncEngine:
+    """``engine`` for pure reads: same pool, but on SQLite no ``BEGIN IMMEDIATE`` and no turn
+    on the write lock (each statement reads its own committed snapshot). On PostgreSQL it is
+    the plain engine. Never write through it: on SQLite the writes would not be serialised."""
+    cached = _read_only_engines.get(engine.sync_engine)
+    if cached is None:
+        cached = engine.execution_options(**{_READ_ONLY_OPTION: True})
+        _read_only_engines[engine.sync_engine] = cached
+    return cached
+
+
+_read_only_engines: weakref.WeakKeyDictionary[Engine, AsyncEngine] = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def read_session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """A session for pure reads (see :func:`read_only_engine`); nothing is committed."""
+    async with AsyncSession(
+        read_only_engine(engine), expire_on_commit=False, autoflush=False
+    ) as session:
+        yield session
 
 
 @asynccontextmanager

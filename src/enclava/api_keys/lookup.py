@@ -7,7 +7,8 @@ key bumps the generation after the change is committed, so every instance sharin
 commit writes its snapshot under the old generation, where nobody reads it any more.
 
 The owner is always loaded from the database, so disabling or deleting a user cuts off their
-keys on the next request, without any cache invalidation.
+keys on the next request, without any cache invalidation. That read (and the key row on a cache
+miss) runs outside any write transaction, so on SQLite it does not queue for the write lock.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sqlalchemy import Uuid, inspect
 
 from enclava.api_keys import repository
 from enclava.auth.subject import AuthSubject
-from enclava.db import transaction
+from enclava.db import read_session, transaction
 from enclava.errors import AuthenticationError, ServiceUnavailableError
 from enclava.kit.cache import Cache
 from enclava.kit.crypto import keyed_hash
@@ -132,7 +133,8 @@ async def authenticate(state: AppState, token: str) -> AuthSubject:
     except (RedisError, OSError) as exc:
         raise _store_unavailable(exc)
     from_database = api_key is None
-    async with transaction(state.session_factory) as session:
+    # Pure reads: on SQLite they take no turn on the single write lock.
+    async with read_session(state.engine) as session:
         if api_key is None:
             api_key = await repository.get_by_hash(session, key_hash)
             if api_key is None:
