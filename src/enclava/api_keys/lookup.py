@@ -24,12 +24,12 @@ from sqlalchemy import Uuid, inspect
 
 from enclava.api_keys import repository
 from enclava.auth.subject import AuthSubject
-from enclava.db import read_session, transaction
+from enclava.db import read_only_engine, transaction
 from enclava.errors import AuthenticationError, ServiceUnavailableError
 from enclava.kit.cache import Cache
 from enclava.kit.crypto import keyed_hash
 from enclava.kit.time import utcnow
-from enclava.models import ApiKey, User
+from enclava.models import ApiKey
 from enclava.models.base import UTCDateTime
 from enclava.state import AppState
 
@@ -134,13 +134,13 @@ async def authenticate(state: AppState, token: str) -> AuthSubject:
         raise _store_unavailable(exc)
     from_database = api_key is None
     # Pure reads: on SQLite they take no turn on the single write lock.
-    async with read_session(state.engine) as session:
+    async with read_only_engine(state.engine).connect() as conn:
         if api_key is None:
-            api_key = await repository.get_by_hash(session, key_hash)
+            api_key = await repository.read_by_hash(conn, key_hash)
             if api_key is None:
                 raise AuthenticationError("Invalid API key", code="invalid_api_key")
         _check_usable(api_key)
-        owner = await session.get(User, api_key.user_id)
+        owner = await repository.read_owner(conn, api_key.user_id)
     if owner is None or not owner.is_active:
         raise AuthenticationError(
             "The owner of this API key is disabled or deleted", code="api_key_owner_inactive"
