@@ -2,13 +2,14 @@
 
 SQLite (embedded) runs in WAL mode with ``BEGIN IMMEDIATE`` transactions: writers queue on the
 busy timeout instead of failing with "database is locked" when a read transaction upgrades.
-PostgreSQL uses asyncpg with a bounded, pre-pinged pool.
+PostgreSQL uses asyncpg with a bounded pool whose idle connections are pinged before use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -54,16 +56,52 @@ def _create_engine(settings: Settings) -> AsyncEngine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         echo=settings.db_echo,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_s,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={"server_settings": {"application_name": "enclava"}},
     )
+    _ping_idle_connections(engine)
+    return engine
+
+
+# A pooled connection idle for longer than this is pinged before use (see below).
+PING_AFTER_IDLE_S = 1.0
+
+
+def _ping_idle_connections(engine: AsyncEngine) -> None:
+    """Pre-ping only connections that sat idle in the pool for ``PING_AFTER_IDLE_S``.
+
+    SQLAlchemy's ``pool_pre_ping`` costs a round trip on every checkout, three per LLM call.
+    What it protects against is a pooled connection that died while idle (database restart,
+    failover, a proxy's idle timeout); those are exactly the connections that have been idle.
+    Under load connections go back and forth within milliseconds and are not pinged; a
+    connection that fails while in use fails the same way with or without a pre-ping. A dead
+    connection is replaced transparently (the pool retries the checkout on a new one).
+    """
+    pool = engine.sync_engine.pool
+    dialect = engine.sync_engine.dialect
+
+    @event.listens_for(pool, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+            return
+        try:
+            alive = dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError("pooled connection failed its ping") from exc
+        if not alive:
+            raise DisconnectionError("pooled connection failed its ping")
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
