@@ -124,7 +124,7 @@ def _check_usable(api_key: ApiKey) -> None:
 
 
 async def authenticate(state: AppState, token: str) -> AuthSubject:
-    """The subject for a presented key, or a 401. Uses its own short transaction."""
+    """The subject for a presented key, or a 401. Reads on its own read-only connection."""
     _refuse_malformed(token)
     settings = state.settings
     key_hash = hash_key(settings.secret_key_value, token)
