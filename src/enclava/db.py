@@ -174,15 +174,6 @@ _read_only_engines: weakref.WeakKeyDictionary[Engine, AsyncEngine] = weakref.Wea
 
 
 @asynccontextmanager
-async def read_session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
-    """A session for pure reads (see :func:`read_only_engine`); nothing is committed."""
-    async with AsyncSession(
-        read_only_engine(engine), expire_on_commit=False, autoflush=False
-    ) as session:
-        yield session
-
-
-@asynccontextmanager
 async def transaction(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
     """A session whose work is committed on success and rolled back on error (jobs, scripts)."""
     async with factory() as session:
