@@ -2,19 +2,22 @@
 
 SQLite (embedded) runs in WAL mode with ``BEGIN IMMEDIATE`` transactions: writers queue on the
 busy timeout instead of failing with "database is locked" when a read transaction upgrades.
-PostgreSQL uses asyncpg with a bounded, pre-pinged pool.
+PostgreSQL uses asyncpg with a bounded pool whose idle connections are pinged before use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import event
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -53,16 +56,52 @@ def _create_engine(settings: Settings) -> AsyncEngine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         echo=settings.db_echo,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_s,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={"server_settings": {"application_name": "enclava"}},
     )
+    _ping_idle_connections(engine)
+    return engine
+
+
+# A pooled connection idle for longer than this is pinged before use (see below).
+PING_AFTER_IDLE_S = 1.0
+
+
+def _ping_idle_connections(engine: AsyncEngine) -> None:
+    """Pre-ping only connections that sat idle in the pool for ``PING_AFTER_IDLE_S``.
+
+    SQLAlchemy's ``pool_pre_ping`` costs a round trip on every checkout, three per LLM call.
+    What it protects against is a pooled connection that died while idle (database restart,
+    failover, a proxy's idle timeout); those are exactly the connections that have been idle.
+    Under load connections go back and forth within milliseconds and are not pinged; a
+    connection that fails while in use fails the same way with or without a pre-ping. A dead
+    connection is replaced transparently (the pool retries the checkout on a new one).
+    """
+    pool = engine.sync_engine.pool
+    dialect = engine.sync_engine.dialect
+
+    @event.listens_for(pool, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+            return
+        try:
+            alive = dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError("pooled connection failed its ping") from exc
+        if not alive:
+            raise DisconnectionError("pooled connection failed its ping")
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -91,6 +130,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get(_READ_ONLY_OPTION):
+            # Pure reads: no BEGIN at all, so each statement autocommits on its own WAL
+            # snapshot. Readers never wait for the writer and never hold up the next one.
+            return
         record = connection.connection._connection_record
         if record is not None and not record.info.get("holds_write_lock"):
             try:
@@ -111,6 +154,23 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+_READ_ONLY_OPTION = "enclava_read_only"
+
+
+def read_only_engine(engine: AsyncEngine) -> AsyncEngine:
+    """``engine`` for pure reads: same pool, but on SQLite no ``BEGIN IMMEDIATE`` and no turn
+    on the write lock (each statement reads its own committed snapshot). On PostgreSQL it is
+    the plain engine. Never write through it: on SQLite the writes would not be serialised."""
+    cached = _read_only_engines.get(engine.sync_engine)
+    if cached is None:
+        cached = engine.execution_options(**{_READ_ONLY_OPTION: True})
+        _read_only_engines[engine.sync_engine] = cached
+    return cached
+
+
+_read_only_engines: weakref.WeakKeyDictionary[Engine, AsyncEngine] = weakref.WeakKeyDictionary()
 
 
 @asynccontextmanager

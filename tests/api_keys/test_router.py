@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -11,7 +13,7 @@ from sqlalchemy import select
 
 from enclava.db import transaction
 from enclava.kit.time import utcnow
-from enclava.models import ApiKey, AuditLog
+from enclava.models import ApiKey, AuditLog, User
 from tests.auth.probe import public_probe
 from tests.conftest import Actors, StartApp
 
@@ -345,3 +347,28 @@ async def test_a_key_never_exceeds_its_owners_scopes(
         KEYS, headers=user["headers"], json={"name": "x", "scopes": ["llm.chat"]}
     )
     assert create.status_code == 403 and create.json()["code"] == "scope_not_held"
+
+
+async def test_key_checks_do_not_wait_for_a_writer(
+    probe: tuple[Any, httpx.AsyncClient, Actors],
+) -> None:
+    """Authenticating only reads: a long write transaction elsewhere does not hold it up (on
+    SQLite, where there is one writer, the reads take no turn on the write lock)."""
+    app, client, actors = probe
+    user = await actors.user()
+    key = await actors.api_key(user)
+    # The first use records last-used (a write); later ones within the debounce only read.
+    assert (await client.get(PROBE, headers=key["headers"])).status_code == 200
+    state = app.state.enclava
+    async with transaction(state.session_factory) as writer:
+        await writer.execute(select(ApiKey.id).limit(1))  # the write transaction has begun
+        response = await asyncio.wait_for(client.get(PROBE, headers=key["headers"]), 10)
+        assert response.status_code == 200
+    # And a disabled owner is still seen at once by the read.
+    async with transaction(state.session_factory) as session:
+        owner = await session.get(User, uuid.UUID(str(user["id"])))
+        assert owner is not None
+        owner.is_active = False
+    response = await client.get(PROBE, headers=key["headers"])
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "api_key_owner_inactive"

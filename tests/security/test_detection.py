@@ -3,6 +3,8 @@ what is deliberately never scanned."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -79,11 +81,15 @@ async def test_path_query_and_header_locations(app: Any, client: httpx.AsyncClie
             "header:referer",
         ),
     ]
-    for path, headers, _ in cases:
-        response = await client.get(path, headers=headers)
-        assert response.status_code == 403, (path, response.text)
+    # Twice each: the path and User-Agent findings are remembered, and must come out the same.
+    for _ in range(2):
+        for path, headers, _ in cases:
+            response = await client.get(path, headers=headers)
+            assert response.status_code == 403, (path, response.text)
     rows = await threat_rows(app)
-    assert len(rows) == len(cases)
+    assert len(rows) == 2 * len(cases)
+    seen = Counter(json.dumps(row.details["findings"], sort_keys=True) for row in rows)
+    assert sorted(seen.values()) == [2] * len(cases)
     recorded = {f["location"] for row in rows for f in row.details["findings"]}
     assert {location for _, _, location in cases} <= recorded
 

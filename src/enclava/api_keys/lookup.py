@@ -7,7 +7,8 @@ key bumps the generation after the change is committed, so every instance sharin
 commit writes its snapshot under the old generation, where nobody reads it any more.
 
 The owner is always loaded from the database, so disabling or deleting a user cuts off their
-keys on the next request, without any cache invalidation.
+keys on the next request, without any cache invalidation. That read (and the key row on a cache
+miss) runs outside any write transaction, so on SQLite it does not queue for the write lock.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from sqlalchemy import Uuid, inspect
 
 from enclava.api_keys import repository
 from enclava.auth.subject import AuthSubject
-from enclava.db import transaction
+from enclava.db import read_only_engine, transaction
 from enclava.errors import AuthenticationError, ServiceUnavailableError
 from enclava.kit.cache import Cache
 from enclava.kit.crypto import keyed_hash
 from enclava.kit.time import utcnow
-from enclava.models import ApiKey, User
+from enclava.models import ApiKey
 from enclava.models.base import UTCDateTime
 from enclava.state import AppState
 
@@ -123,7 +124,7 @@ def _check_usable(api_key: ApiKey) -> None:
 
 
 async def authenticate(state: AppState, token: str) -> AuthSubject:
-    """The subject for a presented key, or a 401. Uses its own short transaction."""
+    """The subject for a presented key, or a 401. Reads on its own read-only connection."""
     _refuse_malformed(token)
     settings = state.settings
     key_hash = hash_key(settings.secret_key_value, token)
@@ -132,13 +133,14 @@ async def authenticate(state: AppState, token: str) -> AuthSubject:
     except (RedisError, OSError) as exc:
         raise _store_unavailable(exc)
     from_database = api_key is None
-    async with transaction(state.session_factory) as session:
+    # Pure reads: on SQLite they take no turn on the single write lock.
+    async with read_only_engine(state.engine).connect() as conn:
         if api_key is None:
-            api_key = await repository.get_by_hash(session, key_hash)
+            api_key = await repository.read_by_hash(conn, key_hash)
             if api_key is None:
                 raise AuthenticationError("Invalid API key", code="invalid_api_key")
         _check_usable(api_key)
-        owner = await session.get(User, api_key.user_id)
+        owner = await repository.read_owner(conn, api_key.user_id)
     if owner is None or not owner.is_active:
         raise AuthenticationError(
             "The owner of this API key is disabled or deleted", code="api_key_owner_inactive"

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from enclava.kit.logging import request_id_var
 from enclava.security.asgi import content_length, header, send_error
 from enclava.security.routes import is_content_field, is_content_route, is_secret_field
-from enclava.security.threats import Finding, scan_value
+from enclava.security.threats import Finding, scan_request_value, scan_value
 
 logger = logging.getLogger("enclava.security")
 
@@ -63,7 +63,7 @@ def scan_request_line(scope: Scope, *, include_query: bool = True) -> list[Findi
     findings: list[Finding] = []
     raw_path = scope.get("raw_path")
     path = bytes(raw_path).decode("latin-1") if raw_path else scope.get("path", "")
-    findings += scan_value(path, "path")
+    findings += scan_request_value(path, "path")
     if include_query:
         query = bytes(scope.get("query_string", b"")).decode("latin-1")
         for part in query.split("&") if query else ():
@@ -73,9 +73,8 @@ def scan_request_line(scope: Scope, *, include_query: bool = True) -> list[Findi
             findings += scan_value(value, location, url_encoded=True)
     for key, value in scope.get("headers", ()):
         if key in SCANNED_HEADERS:
-            findings += scan_value(
-                bytes(value).decode("latin-1"), _location("header", key.decode())
-            )
+            scan = scan_request_value if key == b"user-agent" else scan_value
+            findings += scan(bytes(value).decode("latin-1"), _location("header", key.decode()))
     return findings
 
 

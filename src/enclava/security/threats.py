@@ -12,6 +12,7 @@ encoding), Unicode NFKC (full-width look-alikes become ASCII) and lower case.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -256,6 +257,32 @@ def scan_value(value: str, location: str, *, url_encoded: bool = False) -> list[
     """Every rule ``value`` triggers (at most one finding per rule)."""
     if not value or (not _TRIGGER.search(value) and value.isascii()):
         return []
+    return _scan(value, location, url_encoded)
+
+
+# The path of an API route or a client's User-Agent is the same on most requests and usually
+# holds a trigger character ('/'): its findings are remembered instead of running every rule
+# again. The scan is a pure function of its arguments, so results do not change. Only for the
+# path and the User-Agent, never bodies, query strings or other headers (a Referer may carry a
+# URL with a token in it, which should not linger in memory).
+_CACHED_VALUE_LENGTH = 256
+
+
+def scan_request_value(value: str, location: str) -> list[Finding]:
+    """:func:`scan_value` for a request path or User-Agent, remembering short values."""
+    if not value or (not _TRIGGER.search(value) and value.isascii()):
+        return []
+    if len(value) > _CACHED_VALUE_LENGTH:
+        return _scan(value, location, False)
+    return list(_scan_request_value(value, location))
+
+
+@functools.lru_cache(maxsize=1024)
+def _scan_request_value(value: str, location: str) -> tuple[Finding, ...]:
+    return tuple(_scan(value, location, False))
+
+
+def _scan(value: str, location: str, url_encoded: bool) -> list[Finding]:
     lowered = value.lower()
     decoded = normalise(value, url_encoded=url_encoded)
     # The raw form keeps encodings visible (%2e%2e); the decoded form shows what they hide.
