@@ -124,6 +124,18 @@ async def _reset_redis() -> None:
         await client.aclose()
 
 
+def cli_env(settings: Settings) -> dict[str, str]:
+    """The environment that points the ``enclava`` CLI at a test's database and secrets."""
+    env = {
+        "ENCLAVA_DATA_DIR": str(settings.data_dir),
+        "ENCLAVA_SECRET_KEY": settings.secret_key_value,
+        "ENCLAVA_ENCRYPTION_KEY": settings.encryption_key_value,
+    }
+    if settings.database_url:
+        env["ENCLAVA_DATABASE_URL"] = settings.database_url
+    return env
+
+
 def another_instance(settings: Settings, **overrides: Any) -> Settings:
     """Settings for one more instance of the same deployment: it shares the database (and
     Redis) but has its own data dir, since Qdrant's local store belongs to one process."""

@@ -10,23 +10,13 @@ from typer.testing import CliRunner
 
 from enclava.cli import app
 from enclava.config import Settings
+from tests.conftest import cli_env
 
 runner = CliRunner()
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    env = {
-        "ENCLAVA_DATA_DIR": str(settings.data_dir),
-        "ENCLAVA_SECRET_KEY": settings.secret_key_value,
-        "ENCLAVA_ENCRYPTION_KEY": settings.encryption_key_value,
-    }
-    if settings.database_url:
-        env["ENCLAVA_DATABASE_URL"] = settings.database_url
-    return env
-
-
 def test_users_create_then_duplicate_is_refused(settings: Settings) -> None:
-    env = _env(settings)
+    env = cli_env(settings)
     result = runner.invoke(
         app,
         [
@@ -55,7 +45,7 @@ def test_users_create_then_duplicate_is_refused(settings: Settings) -> None:
 
 
 def test_users_create_validates_role_and_password(settings: Settings) -> None:
-    env = _env(settings)
+    env = cli_env(settings)
     bad_role = runner.invoke(
         app,
         [

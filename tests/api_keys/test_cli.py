@@ -19,34 +19,23 @@ from enclava.db import transaction
 from enclava.errors import BadRequestError
 from enclava.models import ApiKey, AuditLog, Budget
 from tests.auth.probe import public_probe
-from tests.conftest import Actors, StartApp
+from tests.conftest import Actors, StartApp, cli_env
 
 runner = CliRunner()
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    env = {
-        "ENCLAVA_DATA_DIR": str(settings.data_dir),
-        "ENCLAVA_SECRET_KEY": settings.secret_key_value,
-        "ENCLAVA_ENCRYPTION_KEY": settings.encryption_key_value,
-    }
-    if settings.database_url:
-        env["ENCLAVA_DATABASE_URL"] = settings.database_url
-    return env
 
 
 def _create_user(settings: Settings, email: str = "ops@example.com") -> None:
     result = runner.invoke(
         cli,
         ["users", "create", "--email", email, "--password", "long enough pw"],
-        env=_env(settings),
+        env=cli_env(settings),
     )
     assert result.exit_code == 0, result.output
 
 
 async def _invoke(settings: Settings, args: list[str]) -> Result:
     """Run the CLI from an async test: it starts its own event loop, so in a thread."""
-    return await asyncio.to_thread(runner.invoke, cli, args, env=_env(settings))
+    return await asyncio.to_thread(runner.invoke, cli, args, env=cli_env(settings))
 
 
 async def test_keys_create_prints_a_working_key(settings: Settings, make_app: StartApp) -> None:
@@ -131,7 +120,7 @@ REFUSED = [
 def test_keys_create_refuses_bad_input(settings: Settings) -> None:
     _create_user(settings)
     for args, message in REFUSED:
-        result = runner.invoke(cli, ["keys", "create", *args], env=_env(settings))
+        result = runner.invoke(cli, ["keys", "create", *args], env=cli_env(settings))
         assert result.exit_code != 0, args
         assert message in result.output, args
         assert "ek_" not in result.stdout

@@ -15,7 +15,7 @@ from enclava.app import create_app
 from enclava.cli import app as cli
 from enclava.config import Settings
 from enclava.testing.server import serve_in_thread
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, cli_env
 from tests.rag import files
 
 runner = CliRunner()
@@ -27,20 +27,9 @@ def server(settings: Settings) -> Iterator[str]:
         yield url
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    env = {
-        "ENCLAVA_DATA_DIR": str(settings.data_dir),
-        "ENCLAVA_SECRET_KEY": settings.secret_key_value,
-        "ENCLAVA_ENCRYPTION_KEY": settings.encryption_key_value,
-    }
-    if settings.database_url:
-        env["ENCLAVA_DATABASE_URL"] = settings.database_url
-    return env
-
-
 def _create_user(settings: Settings, email: str) -> None:
     result = runner.invoke(
-        cli, ["users", "create", "--email", email, "--password", PASSWORD], env=_env(settings)
+        cli, ["users", "create", "--email", email, "--password", PASSWORD], env=cli_env(settings)
     )
     assert result.exit_code == 0, result.output
 
