@@ -10,6 +10,8 @@ from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from enclava import __version__
+from enclava.api_keys.last_used import STATE_KEY as LAST_USED_KEY
+from enclava.api_keys.last_used import LastUsedRecorder
 from enclava.api_keys.router import router as api_keys_router
 from enclava.audit.router import router as audit_router
 from enclava.auth.router import router as auth_router
@@ -103,6 +105,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 cache=cache,
             )
             app.state.enclava = state
+            last_used = LastUsedRecorder(
+                state.session_factory, settings.api_key_last_used_debounce_s
+            )
+            state.extras[LAST_USED_KEY] = last_used
+            # Closed before the engine: pending last-used writes are flushed first.
+            stack.push_async_callback(last_used.close)
             await _start_llm(state, stack)
             # Domains register their jobs while the queue is idle; it starts once all have, and
             # stops first on shutdown, before the stores its jobs use are closed.

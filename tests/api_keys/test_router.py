@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -11,6 +12,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from enclava.api_keys import last_used as last_used_module
+from enclava.api_keys import lookup
+from enclava.api_keys.last_used import STATE_KEY as LAST_USED_KEY
 from enclava.db import transaction
 from enclava.kit.time import utcnow
 from enclava.models import ApiKey, AuditLog, User
@@ -238,8 +242,6 @@ async def test_rotation_replaces_the_secret_at_once(
 async def test_expired_key_is_refused_also_from_the_cache(
     monkeypatch: pytest.MonkeyPatch, probe: tuple[Any, httpx.AsyncClient, Actors]
 ) -> None:
-    from enclava.api_keys import lookup
-
     _, client, actors = probe
     user = await actors.user()
     key = await actors.api_key(user, expires_at=utcnow() + timedelta(hours=1))
@@ -266,7 +268,7 @@ async def test_disabled_owner_cuts_off_their_keys(
 
 
 async def test_last_used_is_recorded_and_debounced(
-    probe: tuple[Any, httpx.AsyncClient, Actors],
+    monkeypatch: pytest.MonkeyPatch, probe: tuple[Any, httpx.AsyncClient, Actors]
 ) -> None:
     app, client, actors = probe
     user = await actors.user()
@@ -278,12 +280,23 @@ async def test_last_used_is_recorded_and_debounced(
             assert row is not None
             return row.last_used_at
 
+    recorder = app.state.enclava.extras[LAST_USED_KEY]
     assert await last_used() is None
     await client.get(PROBE, headers=key["headers"])
+    await recorder.flush()  # written in the background, off the request
     first = await last_used()
     assert first is not None
     await client.get(PROBE, headers=key["headers"])
+    await recorder.flush()
     assert await last_used() == first  # within the debounce interval: no second write
+
+    # Once the interval has passed, the next use is recorded again.
+    later = time.monotonic() + app.state.enclava.settings.api_key_last_used_debounce_s + 1
+    monkeypatch.setattr(last_used_module, "monotonic", lambda: later)
+    await client.get(PROBE, headers=key["headers"])
+    await recorder.flush()
+    second = await last_used()
+    assert second is not None and second > first
 
 
 BAD_KEYS = [
@@ -364,11 +377,13 @@ async def test_key_checks_do_not_wait_for_a_writer(
         await writer.execute(select(ApiKey.id).limit(1))  # the write transaction has begun
         response = await asyncio.wait_for(client.get(PROBE, headers=key["headers"]), 10)
         assert response.status_code == 200
-    # And a disabled owner is still seen at once by the read.
+    # And a disabled owner is seen at once (a change made outside the users service, as here,
+    # invalidates the cached snapshots of the owner's keys itself).
     async with transaction(state.session_factory) as session:
         owner = await session.get(User, uuid.UUID(str(user["id"])))
         assert owner is not None
         owner.is_active = False
+    await lookup.invalidate_owner(state, owner.id)
     response = await client.get(PROBE, headers=key["headers"])
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "api_key_owner_inactive"

@@ -63,3 +63,43 @@ async def test_memory_cache_evicts_least_recently_used() -> None:
     await cache.set("c", 3)
     assert await cache.get("b") is None
     assert await cache.get("a") == 1 and await cache.get("c") == 3
+
+
+async def test_set_if_sets_only_over_what_was_seen(cache: Cache) -> None:
+    assert await cache.set_if("k", None, {"n": 1}, ttl_s=30)  # absent, as expected
+    assert not await cache.set_if("k", None, {"n": 2}, ttl_s=30)  # no longer absent
+    seen = await cache.get("k")
+    assert await cache.set_if("k", seen, {"n": 3}, ttl_s=30)
+    assert not await cache.set_if("k", seen, {"n": 4}, ttl_s=30)  # changed since it was seen
+    assert await cache.get("k") == {"n": 3}
+
+
+async def test_set_if_expected_value_must_match_exactly(cache: Cache) -> None:
+    await cache.set("k", {"tombstone": "a1", "n": 1.5})
+    assert not await cache.set_if("k", {"tombstone": "b2", "n": 1.5}, "x")
+    assert not await cache.set_if("k", None, "x")
+    assert await cache.set_if("k", await cache.get("k"), "x")
+    assert await cache.get("k") == "x"
+
+
+async def test_set_if_honours_the_ttl_and_expiry(cache: Cache) -> None:
+    await cache.set("k", "old", ttl_s=0.05)
+    await asyncio.sleep(0.15)
+    assert await cache.set_if("k", None, "new", ttl_s=0.05)  # expired counts as absent
+    assert await cache.get("k") == "new"
+    await asyncio.sleep(0.15)
+    assert await cache.get("k") is None
+
+
+async def test_set_if_is_atomic_under_concurrency(cache: Cache) -> None:
+    results = await asyncio.gather(*(cache.set_if("k", None, n, ttl_s=30) for n in range(50)))
+    assert results.count(True) == 1
+    assert await cache.get("k") == results.index(True)
+
+
+async def test_set_many(cache: Cache) -> None:
+    await cache.set_many({"a": 1, "b": {"x": [2]}}, ttl_s=0.05)
+    assert await cache.get("a") == 1 and await cache.get("b") == {"x": [2]}
+    await asyncio.sleep(0.15)
+    assert await cache.get("a") is None and await cache.get("b") is None
+    await cache.set_many({})

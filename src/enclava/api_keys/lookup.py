@@ -1,20 +1,32 @@
-"""Resolving a presented API key to its subject, with a short-lived cache of key rows.
+"""Resolving a presented API key to its subject, with a short-lived cache of keys and owners.
 
-Only the HMAC of a key is ever stored or used as a cache key. The cache holds a snapshot of
-the key's row for ``api_key_cache_ttl_s`` under a *generation* number; revoking or rotating a
-key bumps the generation after the change is committed, so every instance sharing the cache
-(Redis) misses at once and reads the committed row. A lookup that read the row before the
-commit writes its snapshot under the old generation, where nobody reads it any more.
+Only the HMAC of a key is ever stored or used as a cache key. One cache entry per key hash
+holds a snapshot of the key's row *and* of its owner (every column but the password hash), so
+a request whose key is cached costs one cache GET and no database read. An entry lives for
+``api_key_cache_ttl_s``.
 
-The owner is always loaded from the database, so disabling or deleting a user cuts off their
-keys on the next request, without any cache invalidation. That read (and the key row on a cache
-miss) runs outside any write transaction, so on SQLite it does not queue for the write lock.
+Invalidation replaces the entry with a *tombstone* carrying a fresh random generation. It runs
+after the change is committed: revoking or rotating a key (``api_keys/router.py``), and
+changing, disabling or deleting a user (``users/router.py`` through :func:`invalidate_owner`).
+A lookup that misses reads the key and its owner from the database and then installs its
+snapshot only if the entry still holds what it saw before the read (absent, a tombstone or an
+unreadable snapshot): a compare-and-set (``Cache.set_if``; one Lua script on Redis). So a lookup
+that read the database before a change committed can never install a stale snapshot once the
+change's tombstone is written, on any instance sharing the cache. Tombstones outlive any lookup
+that could still be comparing against an older value (a lookup slower than that skips caching).
+
+A change made straight in the database (not through the services) is seen when the entry
+expires, within ``api_key_cache_ttl_s``; call :func:`invalidate_owner` or :func:`invalidate`
+after such a change to make it immediate. The database reads on a miss run outside any write
+transaction, so on SQLite they do not queue for the write lock.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import secrets
+import time
 import uuid
 from datetime import datetime
 from typing import Any
@@ -23,13 +35,15 @@ from redis.exceptions import RedisError
 from sqlalchemy import Uuid, inspect
 
 from enclava.api_keys import repository
+from enclava.api_keys.last_used import STATE_KEY as LAST_USED_KEY
+from enclava.api_keys.last_used import LastUsedRecorder
 from enclava.auth.subject import AuthSubject
-from enclava.db import read_only_engine, transaction
+from enclava.db import read_only_engine
 from enclava.errors import AuthenticationError, ServiceUnavailableError
 from enclava.kit.cache import Cache
 from enclava.kit.crypto import keyed_hash
 from enclava.kit.time import utcnow
-from enclava.models import ApiKey
+from enclava.models import ApiKey, User
 from enclava.models.base import UTCDateTime
 from enclava.state import AppState
 
@@ -39,7 +53,12 @@ KEY_PREFIX = "ek_"
 # Prefix plus a URL-safe random body; anything else is refused before hashing.
 KEY_PATTERN = re.compile(r"ek_[A-Za-z0-9_-]{20,120}")
 _JWT_PATTERN = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-_SNAPSHOT_VERSION = 1
+# Bump when the snapshot's shape changes: entries of another version are misses.
+_SNAPSHOT_VERSION = 2
+# A tombstone must outlive every lookup that read the database before it was written; a lookup
+# that took longer than _MAX_CACHING_LOOKUP_S does not cache what it read.
+_TOMBSTONE_TTL_S = 600.0
+_MAX_CACHING_LOOKUP_S = 60.0
 
 
 def hash_key(secret_key: str, key: str) -> str:
@@ -50,17 +69,23 @@ def looks_like_api_key(token: str) -> bool:
     return token.startswith(KEY_PREFIX)
 
 
-def _generation_key(key_hash: str) -> str:
-    return f"apikey:gen:{key_hash}"
+def _entry_key(key_hash: str) -> str:
+    return f"apikey:{key_hash}"
 
 
-def _entry_key(key_hash: str, generation: int) -> str:
-    return f"apikey:v{_SNAPSHOT_VERSION}:{key_hash}:{generation}"
+def _columns(model: Any, skip: frozenset[str] = frozenset()) -> list[Any]:
+    return [attr for attr in inspect(model).column_attrs if attr.key not in skip]
 
 
-def snapshot(row: ApiKey) -> dict[str, Any]:
+# The owner's password hash never goes into the cache.
+_OWNER_SKIPPED = frozenset({"password_hash"})
+_KEY_ATTRS = _columns(ApiKey)
+_OWNER_ATTRS = _columns(User, _OWNER_SKIPPED)
+
+
+def _dump(row: Any, attrs: list[Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    for attr in inspect(ApiKey).column_attrs:
+    for attr in attrs:
         value = getattr(row, attr.key)
         if isinstance(value, datetime):
             value = value.isoformat()
@@ -70,10 +95,12 @@ def snapshot(row: ApiKey) -> dict[str, Any]:
     return values
 
 
-def restore(values: dict[str, Any]) -> ApiKey | None:
-    """The row a snapshot was taken from (detached), or None if the table changed since."""
-    fields: dict[str, Any] = {}
-    for attr in inspect(ApiKey).column_attrs:
+def _load(model: Any, values: Any, attrs: list[Any], **extra: Any) -> Any | None:
+    """The detached row a dump was taken from, or None if the table changed since."""
+    if not isinstance(values, dict):
+        return None
+    fields: dict[str, Any] = dict(extra)
+    for attr in attrs:
         if attr.key not in values:
             return None
         value = values[attr.key]
@@ -83,16 +110,57 @@ def restore(values: dict[str, Any]) -> ApiKey | None:
         elif value is not None and isinstance(column_type, Uuid):
             value = uuid.UUID(value)
         fields[attr.key] = value
-    return ApiKey(**fields)
+    return model(**fields)
 
 
-async def invalidate(cache: Cache, key_hash: str) -> None:
-    """Make every instance re-read this key's row. Call after the change is committed."""
+def snapshot(api_key: ApiKey, owner: User) -> dict[str, Any]:
+    """The cache entry for a key and its owner."""
+    return {
+        "v": _SNAPSHOT_VERSION,
+        "key": _dump(api_key, _KEY_ATTRS),
+        "owner": _dump(owner, _OWNER_ATTRS),
+    }
+
+
+def restore(entry: Any) -> tuple[ApiKey, User] | None:
+    """The key and owner of a snapshot (detached), or None for a tombstone, an older format or
+    anything unreadable: all of those are misses."""
+    if not isinstance(entry, dict) or entry.get("v") != _SNAPSHOT_VERSION:
+        return None
     try:
-        await cache.incr(_generation_key(key_hash))
+        api_key = _load(ApiKey, entry.get("key"), _KEY_ATTRS)
+        owner = _load(User, entry.get("owner"), _OWNER_ATTRS, password_hash="")
+    except (TypeError, ValueError):
+        return None
+    if api_key is None or owner is None:
+        return None
+    return api_key, owner
+
+
+def _tombstone() -> dict[str, Any]:
+    return {"tombstone": secrets.token_hex(8)}
+
+
+async def invalidate(cache: Cache, *key_hashes: str) -> None:
+    """Make every instance re-read these keys and their owner. Call after the change is
+    committed; a lookup that read the database before then cannot cache what it read."""
+    if not key_hashes:
+        return
+    try:
+        await cache.set_many(
+            {_entry_key(key_hash): _tombstone() for key_hash in key_hashes}, _TOMBSTONE_TTL_S
+        )
     except (RedisError, OSError) as exc:
         # The change is committed; instances may serve the old snapshot until its TTL ends.
         logger.error("api key cache invalidation failed", extra={"error": type(exc).__name__})
+
+
+async def invalidate_owner(state: AppState, user_id: uuid.UUID) -> None:
+    """After a committed change to a user that authentication depends on (active, role,
+    deletion...), make every instance re-read each of their keys with the user."""
+    async with read_only_engine(state.engine).connect() as conn:
+        key_hashes = await repository.owned_key_hashes(conn, user_id)
+    await invalidate(state.cache, *key_hashes)
 
 
 def _refuse_malformed(token: str) -> None:
@@ -108,58 +176,73 @@ def _refuse_malformed(token: str) -> None:
     )
 
 
-async def _cached_row(state: AppState, key_hash: str) -> tuple[ApiKey | None, int]:
-    if state.settings.api_key_cache_ttl_s <= 0:
-        return None, 0
-    generation = int(await state.cache.get(_generation_key(key_hash)) or 0)
-    values = await state.cache.get(_entry_key(key_hash, generation))
-    return (restore(values) if isinstance(values, dict) else None), generation
-
-
-def _check_usable(api_key: ApiKey) -> None:
+def _check_usable(api_key: ApiKey, owner: User) -> None:
     if api_key.revoked_at is not None:
         raise AuthenticationError("This API key has been revoked", code="api_key_revoked")
     if api_key.expires_at is not None and api_key.expires_at <= utcnow():
         raise AuthenticationError("This API key has expired", code="api_key_expired")
-
-
-async def authenticate(state: AppState, token: str) -> AuthSubject:
-    """The subject for a presented key, or a 401. Reads on its own read-only connection."""
-    _refuse_malformed(token)
-    settings = state.settings
-    key_hash = hash_key(settings.secret_key_value, token)
-    try:
-        api_key, generation = await _cached_row(state, key_hash)
-    except (RedisError, OSError) as exc:
-        raise _store_unavailable(exc)
-    from_database = api_key is None
-    # Pure reads: on SQLite they take no turn on the single write lock.
-    async with read_only_engine(state.engine).connect() as conn:
-        if api_key is None:
-            api_key = await repository.read_by_hash(conn, key_hash)
-            if api_key is None:
-                raise AuthenticationError("Invalid API key", code="invalid_api_key")
-        _check_usable(api_key)
-        owner = await repository.read_owner(conn, api_key.user_id)
-    if owner is None or not owner.is_active:
+    if not owner.is_active:
         raise AuthenticationError(
             "The owner of this API key is disabled or deleted", code="api_key_owner_inactive"
         )
-    try:
-        if from_database and settings.api_key_cache_ttl_s > 0:
-            await state.cache.set(
-                _entry_key(key_hash, generation), snapshot(api_key), settings.api_key_cache_ttl_s
-            )
-        # Debounced: one write per key per interval across every instance sharing the cache.
-        due = await state.cache.incr(
-            f"apikey:used:{api_key.id}", ttl_s=settings.api_key_last_used_debounce_s
-        )
-    except (RedisError, OSError) as exc:
-        raise _store_unavailable(exc)
-    if due == 1:
-        async with transaction(state.session_factory) as session:
-            await repository.touch(session, api_key.id, utcnow())
+
+
+async def authenticate(state: AppState, token: str) -> AuthSubject:
+    """The subject for a presented key, or a 401: one cache GET when the key is cached, else
+    one read (key and owner) on a read-only connection."""
+    _refuse_malformed(token)
+    settings = state.settings
+    key_hash = hash_key(settings.secret_key_value, token)
+    caching = settings.api_key_cache_ttl_s > 0
+    entry: Any = None
+    if caching:
+        try:
+            entry = await state.cache.get(_entry_key(key_hash))
+        except (RedisError, OSError) as exc:
+            raise _store_unavailable(exc)
+    found = restore(entry)
+    if found is None:
+        found = await _load_and_cache(state, key_hash, seen=entry if caching else _NO_CACHE)
+    api_key, owner = found
+    _check_usable(api_key, owner)
+    _last_used(state).note(api_key.id)
     return AuthSubject(kind="api_key", user=owner, api_key=api_key)
+
+
+_NO_CACHE = object()
+
+
+async def _load_and_cache(state: AppState, key_hash: str, *, seen: Any) -> tuple[ApiKey, User]:
+    started = time.monotonic()
+    # A pure read: on SQLite it takes no turn on the single write lock.
+    async with read_only_engine(state.engine).connect() as conn:
+        found = await repository.read_key_and_owner(conn, key_hash)
+    if found is None:
+        raise AuthenticationError("Invalid API key", code="invalid_api_key")
+    # Too slow to be sure the tombstone of a change made meanwhile is still there: don't cache.
+    if seen is not _NO_CACHE and time.monotonic() - started < _MAX_CACHING_LOOKUP_S:
+        try:
+            await state.cache.set_if(
+                _entry_key(key_hash),
+                seen,
+                snapshot(*found),
+                state.settings.api_key_cache_ttl_s,
+            )
+        except (RedisError, OSError) as exc:
+            raise _store_unavailable(exc)
+    return found
+
+
+def _last_used(state: AppState) -> LastUsedRecorder:
+    recorder = state.extras.get(LAST_USED_KEY)
+    if recorder is None:
+        # Apps built without the lifespan's recorder (scripts, tests of a bare state).
+        recorder = LastUsedRecorder(
+            state.session_factory, state.settings.api_key_last_used_debounce_s
+        )
+        state.extras[LAST_USED_KEY] = recorder
+    assert isinstance(recorder, LastUsedRecorder)
+    return recorder
 
 
 def _store_unavailable(exc: Exception) -> ServiceUnavailableError:

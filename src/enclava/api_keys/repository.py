@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, inspect, select, update
+from sqlalchemy import Select, bindparam, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from enclava.auth.subject import AuthSubject
@@ -53,45 +52,40 @@ async def get_by_hash(session: AsyncSession, key_hash: str) -> ApiKey | None:
     return result.scalar_one_or_none()
 
 
-def _row_reader(model: Any) -> tuple[Any, Any]:
-    """A Core SELECT of ``model``'s columns by a bound parameter, and a function turning one
-    result row into a detached instance (no session, no identity map: cheaper per call)."""
-    attrs = [(attr.key, attr.columns[0]) for attr in inspect(model).column_attrs]
-    query = select(*(column.label(key) for key, column in attrs))
+def _row_reader(model: Any, label_prefix: str = "") -> tuple[list[Any], Any]:
+    """Labelled Core columns of ``model`` and a function turning one result row into a detached
+    instance (no session, no identity map: cheaper per call)."""
+    attrs = [
+        (attr.key, label_prefix + attr.key, attr.columns[0]) for attr in inspect(model).column_attrs
+    ]
+    columns = [column.label(label) for _, label, column in attrs]
 
     def build(row: Any) -> Any:
         mapping = row._mapping
-        return model(**{key: mapping[key] for key, _ in attrs})
+        return model(**{key: mapping[label] for key, label, _ in attrs})
 
-    return query, build
-
-
-_KEY_QUERY, _build_key = _row_reader(ApiKey)
-_KEY_BY_HASH = _KEY_QUERY.where(ApiKey.key_hash == bindparam("key_hash"))
-_OWNER_QUERY, _build_user = _row_reader(User)
-_OWNER_BY_ID = _OWNER_QUERY.where(User.id == bindparam("user_id"))
+    return columns, build
 
 
-async def read_by_hash(conn: AsyncConnection, key_hash: str) -> ApiKey | None:
-    """The key with this hash, detached (for authentication on a read-only connection)."""
-    row = (await conn.execute(_KEY_BY_HASH, {"key_hash": key_hash})).first()
-    return None if row is None else _build_key(row)
+_KEY_COLUMNS, _build_key = _row_reader(ApiKey, "key_")
+_OWNER_COLUMNS, _build_owner = _row_reader(User, "owner_")
+# A key and its owner in one round trip (the foreign key cascades, so every key has one).
+_KEY_AND_OWNER_BY_HASH = (
+    select(*_KEY_COLUMNS, *_OWNER_COLUMNS)
+    .join_from(ApiKey, User, ApiKey.user_id == User.id)
+    .where(ApiKey.key_hash == bindparam("key_hash"))
+)
+_HASHES_BY_OWNER = select(ApiKey.key_hash).where(ApiKey.user_id == bindparam("user_id"))
 
 
-async def read_owner(conn: AsyncConnection, user_id: uuid.UUID) -> User | None:
-    """A key's owner, detached (for authentication on a read-only connection)."""
-    row = (await conn.execute(_OWNER_BY_ID, {"user_id": user_id})).first()
-    return None if row is None else _build_user(row)
+async def read_key_and_owner(conn: AsyncConnection, key_hash: str) -> tuple[ApiKey, User] | None:
+    """The key with this hash and its owner, detached (for authentication on a read-only
+    connection)."""
+    row = (await conn.execute(_KEY_AND_OWNER_BY_HASH, {"key_hash": key_hash})).first()
+    return None if row is None else (_build_key(row), _build_owner(row))
 
 
-async def set_fields(session: AsyncSession, key_id: uuid.UUID, **values: Any) -> None:
-    await session.execute(
-        update(ApiKey)
-        .where(ApiKey.id == key_id)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-
-
-async def touch(session: AsyncSession, key_id: uuid.UUID, when: datetime) -> None:
-    await set_fields(session, key_id, last_used_at=when)
+async def owned_key_hashes(conn: AsyncConnection | AsyncSession, user_id: uuid.UUID) -> list[str]:
+    """The hashes of every key ``user_id`` owns, revoked ones included."""
+    result = await conn.execute(_HASHES_BY_OWNER, {"user_id": user_id})
+    return list(result.scalars())

@@ -1,9 +1,10 @@
 """Authentication dependencies: endpoints opt in by naming the subject (and scopes) they need.
 
 ``/api/v1`` takes API keys; ``/api-internal/v1`` takes JWT access tokens. Both come only in the
-``Authorization: Bearer`` header; a credential in the query string is refused with 400. The user
-(and the key) is loaded on every request, so a disabled user, a revoked key or an ended
-session loses access at once. Every subject dependency also counts the request against the
+``Authorization: Bearer`` header; a credential in the query string is refused with 400. A
+signed-in user is loaded on every request; a key and its owner come from a snapshot cached per
+key that every change to either invalidates after its commit (``api_keys/lookup.py``). Either
+way a disabled user, a revoked key or an ended session loses access at once. Every subject dependency also counts the request against the
 subject's rate limits, so naming a subject is enough to be rate limited.
 
 The lookups run in their own short transaction, not the request's ``DbSession``: an endpoint

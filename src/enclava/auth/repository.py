@@ -11,8 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from enclava.models import RefreshToken, User
 
 
-async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
-    return await session.get(User, user_id)
+async def get_user(
+    session: AsyncSession, user_id: uuid.UUID, *, for_update: bool = False
+) -> User | None:
+    return await session.get(User, user_id, with_for_update=for_update or None)
 
 
 async def get_user_by_email(session: AsyncSession, email: str) -> User | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -24,12 +25,25 @@ class Cache(ABC):
     @abstractmethod
     async def set(self, key: str, value: Any, ttl_s: float | None = None) -> None: ...
 
+    async def set_many(self, values: Mapping[str, Any], ttl_s: float | None = None) -> None:
+        """Set several keys with one TTL (one round trip on Redis)."""
+        for key, value in values.items():
+            await self.set(key, value, ttl_s)
+
     @abstractmethod
     async def delete(self, *keys: str) -> int: ...
 
     @abstractmethod
     async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
         """Atomically add ``amount``; the TTL is set when the key is created."""
+
+    @abstractmethod
+    async def set_if(
+        self, key: str, expected: Any | None, value: Any, ttl_s: float | None = None
+    ) -> bool:
+        """Atomically set ``key`` to ``value`` only if it still holds ``expected`` (``None``:
+        absent or expired); True if it was set. ``expected`` is what :meth:`get` returned; it is
+        compared by value (by its JSON encoding on Redis), so pass it back unchanged."""
 
     @abstractmethod
     async def ping(self) -> bool: ...
@@ -82,8 +96,34 @@ class MemoryCache(Cache):
         self._data[key] = (expires_at, value)
         return value
 
+    async def set_if(
+        self, key: str, expected: Any | None, value: Any, ttl_s: float | None = None
+    ) -> bool:
+        # No await between the check and the write: atomic within the event loop.
+        entry = self._alive(key)
+        current = None if entry is None else entry[1]
+        if (entry is None) != (expected is None) or current != expected:
+            return False
+        await self.set(key, value, ttl_s)
+        return True
+
     async def ping(self) -> bool:
         return True
+
+
+# SET only if the stored bytes are ARGV[1] ('' = absent); ARGV[3] is the TTL in ms ('' = none).
+_SET_IF_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if (current == false and ARGV[1] == '') or current == ARGV[1] then
+    if ARGV[3] == '' then
+        redis.call('SET', KEYS[1], ARGV[2])
+    else
+        redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    end
+    return 1
+end
+return 0
+"""
 
 
 class RedisCache(Cache):
@@ -92,6 +132,7 @@ class RedisCache(Cache):
     def __init__(self, client: aioredis.Redis, prefix: str = "enclava:") -> None:
         self._redis = client
         self._prefix = prefix
+        self._set_if = client.register_script(_SET_IF_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "enclava:") -> RedisCache:
@@ -112,6 +153,15 @@ class RedisCache(Cache):
         px = int(ttl_s * 1000) if ttl_s else None
         await self._redis.set(self._prefix + key, orjson.dumps(value), px=px)
 
+    async def set_many(self, values: Mapping[str, Any], ttl_s: float | None = None) -> None:
+        if not values:
+            return
+        px = int(ttl_s * 1000) if ttl_s else None
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, value in values.items():
+                pipe.set(self._prefix + key, orjson.dumps(value), px=px)
+            await pipe.execute()
+
     async def delete(self, *keys: str) -> int:
         if not keys:
             return 0
@@ -125,6 +175,17 @@ class RedisCache(Cache):
                 pipe.pexpire(full, int(ttl_s * 1000), nx=True)
             result = await pipe.execute()
         return int(result[0])
+
+    async def set_if(
+        self, key: str, expected: Any | None, value: Any, ttl_s: float | None = None
+    ) -> bool:
+        # orjson encodes a decoded value back to the same bytes (key order and numbers kept).
+        encoded_expected = b"" if expected is None else orjson.dumps(expected)
+        px = str(int(ttl_s * 1000)) if ttl_s else ""
+        done = await self._set_if(
+            keys=[self._prefix + key], args=[encoded_expected, orjson.dumps(value), px]
+        )
+        return bool(done)
 
     async def ping(self) -> bool:
         return bool(await self._redis.ping())

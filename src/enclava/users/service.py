@@ -3,7 +3,9 @@
 Admins manage every account; a user sees only themselves (other ids are 404). The last active
 administrator cannot be demoted, disabled or deleted, so an installation is never left without
 one. Disabling a user, resetting their password or deleting them ends their sessions; their
-requests are refused at once anyway because every request loads the user.
+requests are refused at once anyway: signed-in requests load the user, and the routers
+invalidate the cached snapshots of the user's API keys after the commit
+(``api_keys.lookup.invalidate_owner``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import uuid
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from enclava.api_keys import repository as api_keys_repository
 from enclava.audit import service as audit
 from enclava.auth import repository
 from enclava.auth import service as auth_service
@@ -33,10 +36,12 @@ async def list_users(
     return await repository.list_users(session, offset=offset, limit=limit)
 
 
-async def get_user(session: AsyncSession, subject: AuthSubject, user_id: uuid.UUID) -> User:
+async def get_user(
+    session: AsyncSession, subject: AuthSubject, user_id: uuid.UUID, *, for_update: bool = False
+) -> User:
     user = None
     if subject.sees_everything or user_id == subject.user_id:
-        user = await repository.get_user(session, user_id)
+        user = await repository.get_user(session, user_id, for_update=for_update)
     if user is None:
         raise NotFoundError("User not found")
     return user
@@ -123,10 +128,15 @@ async def update_user(
 
 async def delete_user(
     session: AsyncSession, subject: AuthSubject, user_id: uuid.UUID, *, request: Request | None
-) -> None:
-    """Delete a user and (by cascade) their keys, sessions, budgets and owned resources."""
-    user = await get_user(session, subject, user_id)
+) -> list[str]:
+    """Delete a user and (by cascade) their keys, sessions, budgets and owned resources.
+
+    Returns the hashes of the deleted keys, for the caller to invalidate after the commit.
+    """
+    user = await get_user(session, subject, user_id, for_update=True)
     await _ensure_an_admin_remains(session, user)
+    # Read under the user's row lock: no key can be added for them until the commit.
+    key_hashes = await api_keys_repository.owned_key_hashes(session, user.id)
     audit.record(
         session,
         action="user.delete",
@@ -138,6 +148,7 @@ async def delete_user(
     )
     await repository.delete_user(session, user.id)
     session.expunge(user)
+    return key_hashes
 
 
 async def change_own_password(
