@@ -233,3 +233,48 @@ async def test_unauthenticated_routes_carry_no_rate_limit_headers(
 ) -> None:
     response = await client.get("/health")
     assert response.status_code == 200 and "x-ratelimit-limit" not in response.headers
+
+
+async def test_headers_follow_every_window_request_by_request(make_app: StartApp) -> None:
+    """Remaining counts down exactly, and the reported window switches to the hour when the
+    hour has fewer requests left (on Redis, windows counted at once and read at once)."""
+    app, client = await make_app(
+        public_probe,
+        **_limits(rate_limit_standard_per_minute=20, rate_limit_standard_per_hour=24),
+    )
+    actors = Actors(app, client)
+    key = await actors.api_key(await actors.user())
+    seen = []
+    for _ in range(6):
+        response = await client.get(PROBE, headers=key["headers"])
+        assert response.status_code == 200
+        assert 0 <= int(response.headers["x-ratelimit-reset"]) <= 3600
+        seen.append(
+            (response.headers["x-ratelimit-limit"], response.headers["x-ratelimit-remaining"])
+        )
+    # Minute: 19, 18, ... left; hour: 23, 22, ...: the minute is closer to its limit.
+    assert seen == [("20", str(19 - n)) for n in range(6)]
+
+
+async def test_refusals_by_the_minute_do_not_use_up_the_hour(make_app: StartApp) -> None:
+    """A client that keeps retrying at the minute limit keeps its hour for later: requests
+    the minute window refuses are not counted in the hour window."""
+    from limits import RateLimitItemPerHour, RateLimitItemPerMinute
+
+    from enclava.errors import RateLimitError
+    from enclava.ratelimit.service import Policy, get_limiter
+
+    app, _ = await make_app()
+    limiter = get_limiter(app.state.enclava)
+    policy = Policy("key:retrying", (RateLimitItemPerMinute(3), RateLimitItemPerHour(10)))
+    outcomes = []
+    for _ in range(12):
+        try:
+            await limiter.hit(policy)
+            outcomes.append(200)
+        except RateLimitError:
+            outcomes.append(429)
+    assert outcomes == [200] * 3 + [429] * 9
+    # The hour window alone: 3 used by the admitted requests, so this is the 4th of 10.
+    usage = await limiter.hit(Policy("key:retrying", (RateLimitItemPerHour(10),)))
+    assert usage.limit == 10 and usage.remaining == 6

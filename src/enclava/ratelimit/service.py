@@ -16,6 +16,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from limits import RateLimitItem, RateLimitItemPerHour, RateLimitItemPerMinute
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 # Where the limiter lives in ``AppState.extras``.
 STATE_KEY = "rate_limiter"
 KEY_PREFIX = "enclava:ratelimit"
+# Identities whose room hint an instance keeps.
+_MAX_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,9 @@ class RequestRateLimiter:
     def __init__(self, storage: Storage, strategy: str) -> None:
         self._storage = storage
         self._remote = not isinstance(storage, MemoryStorage)
+        # Per identity: did this instance last see every window but the longest with room to
+        # spare? A hint only (bounded, per instance); see _count.
+        self._room: OrderedDict[str, bool] = OrderedDict()
         self._limiter: RateLimiter = (
             SlidingWindowCounterRateLimiter(storage)
             if strategy == "sliding-window-counter"
@@ -116,35 +122,70 @@ class RequestRateLimiter:
     async def hit(self, policy: Policy) -> WindowUsage:
         """Count one request, or raise ``RateLimitError`` (429) naming when to retry.
 
-        Windows are checked shortest first, so a request refused by the minute window does not
-        use up the hour. One admitted by the minute window and refused by the hour stays counted
-        in the minute: the error is on the safe side.
+        In memory, windows are counted shortest first, so a request refused by the minute
+        window does not use up the hour. One admitted by the minute window and refused by the
+        hour stays counted in the minute: the error is on the safe side.
+
+        On Redis every window is one round trip, so they are counted at once when this instance
+        last saw the shorter windows with room to spare (see :meth:`_count`); the usage for the
+        headers is then read, also at once: two round trips instead of one per window plus one.
         """
+        identity = policy.identity
         try:
-            for window in policy.windows:
-                if not await self._limiter.hit(window, policy.identity):
-                    usage = await self._usage(window, policy.identity)
-                    retry_after = max(1, usage.reset_after_s)
-                    raise RateLimitError(
-                        f"Rate limit exceeded: {window.amount} requests per "
-                        f"{_window_name(window)}; retry after {retry_after} s",
-                        headers={"Retry-After": str(retry_after), **usage.headers()},
-                    )
+            refused = await self._count(policy)
+            if refused is not None:
+                self._room[identity] = False
+                usage = await self._usage(refused, identity)
+                retry_after = max(1, usage.reset_after_s)
+                raise RateLimitError(
+                    f"Rate limit exceeded: {refused.amount} requests per "
+                    f"{_window_name(refused)}; retry after {retry_after} s",
+                    headers={"Retry-After": str(retry_after), **usage.headers()},
+                )
             if self._remote:
                 # Read-only, so the windows' round trips to Redis can overlap.
                 usages = list(
-                    await asyncio.gather(*(self._usage(w, policy.identity) for w in policy.windows))
+                    await asyncio.gather(*(self._usage(w, identity) for w in policy.windows))
                 )
             else:
-                usages = [await self._usage(w, policy.identity) for w in policy.windows]
+                usages = [await self._usage(w, identity) for w in policy.windows]
         except (StorageError, RedisError, OSError) as exc:
             logger.error("rate limit store unreachable", extra={"error": type(exc).__name__})
             raise ServiceUnavailableError(
                 "Rate limit store unavailable; request refused",
                 code="rate_limit_store_unavailable",
             ) from exc
+        self._remember_room(identity, usages)
         # Report the window with the fewest requests left (the shorter one on a tie).
         return min(usages, key=lambda u: u.remaining)
+
+    async def _count(self, policy: Policy) -> RateLimitItem | None:
+        """Count the request in every window; the first window that refused it, if any.
+
+        Shortest first, stopping at a refusal, unless the windows are on Redis and this
+        instance last saw every window but the longest with room to spare: then all at once,
+        in one round trip. A request that a shorter window then refuses stays counted in the
+        longer ones; the room kept (a tenth of the limit) makes that rare, and it stops as soon
+        as a refusal is seen, so a client retrying at the limit does not use up its hour.
+        """
+        identity = policy.identity
+        if self._remote and self._room.get(identity, False):
+            admitted = await asyncio.gather(
+                *(self._limiter.hit(window, identity) for window in policy.windows)
+            )
+            return next((w for w, ok in zip(policy.windows, admitted, strict=True) if not ok), None)
+        for window in policy.windows:
+            if not await self._limiter.hit(window, identity):
+                return window
+        return None
+
+    def _remember_room(self, identity: str, usages: list[WindowUsage]) -> None:
+        if not self._remote:
+            return
+        self._room[identity] = all(u.remaining >= max(1, u.limit // 10) for u in usages[:-1])
+        self._room.move_to_end(identity)
+        while len(self._room) > _MAX_REMEMBERED:
+            self._room.popitem(last=False)
 
     async def _usage(self, window: RateLimitItem, identity: str) -> WindowUsage:
         stats = await self._limiter.get_window_stats(window, identity)
