@@ -54,7 +54,7 @@ def _instrument() -> None:
     from enclava.ratelimit import service as ratelimit
 
     dependencies.lookup.authenticate = _timed(  # type: ignore[attr-defined]
-        "auth: API key (cache + owner query)", lookup.authenticate
+        "auth: API key (cache; DB on a miss)", lookup.authenticate
     )
     dependencies.ratelimit.enforce = _timed("rate limit: count the request", ratelimit.enforce)  # type: ignore[attr-defined]
     gateway._reserve = _timed("budget: reserve (+ commit request txn)", gateway._reserve)

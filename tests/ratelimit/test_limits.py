@@ -278,3 +278,24 @@ async def test_refusals_by_the_minute_do_not_use_up_the_hour(make_app: StartApp)
     # The hour window alone: 3 used by the admitted requests, so this is the 4th of 10.
     usage = await limiter.hit(Policy("key:retrying", (RateLimitItemPerHour(10),)))
     assert usage.limit == 10 and usage.remaining == 6
+
+
+async def test_counts_read_the_same_through_the_limits_library(make_app: StartApp) -> None:
+    """Whatever path counted the hits (on Redis, one script for every window), the limits
+    library's own moving-window reader sees the same windows: the data layout is shared."""
+    from limits import RateLimitItemPerHour, RateLimitItemPerMinute
+
+    from enclava.ratelimit.service import Policy, get_limiter
+
+    app, _ = await make_app()
+    limiter = get_limiter(app.state.enclava)
+    windows = (RateLimitItemPerMinute(5), RateLimitItemPerHour(50))
+    policy = Policy("key:shared", windows)
+    for n in range(1, 4):
+        usage = await limiter.hit(policy)
+        assert (usage.limit, usage.remaining) == (5, 5 - n)
+        assert 59 <= usage.reset_after_s <= 60
+    reader = limiter._limiter  # limits' MovingWindowRateLimiter on the same storage
+    for window in windows:
+        stats = await reader.get_window_stats(window, "key:shared")
+        assert stats.remaining == window.amount - 3

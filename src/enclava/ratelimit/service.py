@@ -1,10 +1,17 @@
 """Request rate limits per API key (by tier or the key's own override) and per signed-in user.
 
-Limits are counted with the ``limits`` library: a moving window by default (exact: at most N
-requests in any window-long span), in process memory when embedded and in Redis when
-``ENCLAVA_REDIS_URL`` is set, where one Lua script per hit makes the count atomic across every
-instance. If Redis cannot be reached the request is refused with 503: an unreachable counter
-must not turn into unlimited traffic. See docs/decisions/0003-identity-and-access.md.
+Limits are moving windows by default (exact: at most N requests in any window-long span), in
+process memory when embedded and in Redis when ``ENCLAVA_REDIS_URL`` is set, so that the limit
+holds across every instance. If Redis cannot be reached the request is refused with 503: an
+unreachable counter must not turn into unlimited traffic. See
+docs/decisions/0003-identity-and-access.md and 0008-gateway-hot-path.md.
+
+Counting uses the ``limits`` library (its memory storage, and its Redis storage for the
+sliding-window-counter strategy), except for moving windows on Redis: there one Lua script
+checks every window of the policy, counts the request in all of them only if all admit it, and
+returns each window's usage for the headers, atomically in one round trip. It keeps the data
+exactly as ``limits``' moving window does (same keys, same lists of timestamps), so either can
+read what the other wrote.
 
 The authentication dependencies call :func:`enforce`, so every endpoint that names a subject
 (``ApiKeySubject``, ``require_scopes(...)``, ``UserSubject``, ``AdminSubject``) is limited.
@@ -12,13 +19,12 @@ The authentication dependencies call :func:`enforce`, so every endpoint that nam
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
+import redis.asyncio as aioredis
 from limits import RateLimitItem, RateLimitItemPerHour, RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import (
@@ -40,8 +46,6 @@ logger = logging.getLogger(__name__)
 # Where the limiter lives in ``AppState.extras``.
 STATE_KEY = "rate_limiter"
 KEY_PREFIX = "enclava:ratelimit"
-# Identities whose room hint an instance keeps.
-_MAX_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,109 +92,159 @@ def policy_for(subject: AuthSubject, settings: Settings) -> Policy:
     return Policy(identity, (RateLimitItemPerMinute(per_minute), RateLimitItemPerHour(per_hour)))
 
 
+# KEYS: one list per window, shortest first. ARGV[1]: now (seconds, float); then per window
+# its limit and length in seconds. The same check and layout as limits' acquire_moving_window
+# (newest first, trimmed to the limit, expiring after the window), for every window at once.
+# Returns {0, count_1, oldest_1, count_2, oldest_2, ...} when admitted, else {i, count_i,
+# oldest_i} for the first window i that is full; nothing is counted then.
+_MOVING_WINDOWS_SCRIPT = """
+local now = tonumber(ARGV[1])
+
+local function usage(key, expiry)
+    local low, high, found = 0, redis.call('llen', key) - 1, -1
+    local target = now - expiry
+    while low <= high do
+        local mid = math.floor((low + high) / 2)
+        local value = tonumber(redis.call('lindex', key, mid))
+        if value and value >= target then
+            found = mid
+            low = mid + 1
+        else
+            high = mid - 1
+        end
+    end
+    if found < 0 then
+        return 0, ARGV[1]
+    end
+    return found + 1, redis.call('lindex', key, found)
+end
+
+for i = 1, #KEYS do
+    local limit = tonumber(ARGV[2 * i])
+    local expiry = tonumber(ARGV[2 * i + 1])
+    local entry = redis.call('lindex', KEYS[i], limit - 1)
+    if entry and tonumber(entry) >= now - expiry then
+        local count, oldest = usage(KEYS[i], expiry)
+        return {i, count, oldest}
+    end
+end
+local result = {0}
+for i = 1, #KEYS do
+    local limit = tonumber(ARGV[2 * i])
+    local expiry = tonumber(ARGV[2 * i + 1])
+    redis.call('lpush', KEYS[i], ARGV[1])
+    redis.call('ltrim', KEYS[i], 0, limit - 1)
+    redis.call('expire', KEYS[i], expiry)
+    local count, oldest = usage(KEYS[i], expiry)
+    result[#result + 1] = count
+    result[#result + 1] = oldest
+end
+return result
+"""
+
+
 class RequestRateLimiter:
     """Counts hits against every window of a policy; refuses the first window that is full."""
 
-    def __init__(self, storage: Storage, strategy: str) -> None:
-        self._storage = storage
-        self._remote = not isinstance(storage, MemoryStorage)
-        # Per identity: did this instance last see every window but the longest with room to
-        # spare? A hint only (bounded, per instance); see _count.
-        self._room: OrderedDict[str, bool] = OrderedDict()
+    def __init__(
+        self, storage: Storage, strategy: str, redis: aioredis.Redis | None = None
+    ) -> None:
         self._limiter: RateLimiter = (
             SlidingWindowCounterRateLimiter(storage)
             if strategy == "sliding-window-counter"
             else MovingWindowRateLimiter(storage)
         )
+        self._moving_windows = (
+            redis.register_script(_MOVING_WINDOWS_SCRIPT)
+            if redis is not None and strategy == "moving-window"
+            else None
+        )
 
     @classmethod
     def create(cls, settings: Settings, cache: Cache) -> RequestRateLimiter:
         storage: Storage
+        redis = None
         if isinstance(cache, RedisCache) and settings.redis_url:
             # Shares the cache's connection pool, which the lifespan closes.
+            redis = cache.client
             storage = RedisStorage(
                 _limits_uri(settings.redis_url),
                 implementation="redispy",
                 key_prefix=KEY_PREFIX,
                 wrap_exceptions=True,
-                connection_pool=cache.client.connection_pool,  # type: ignore[arg-type]
+                connection_pool=redis.connection_pool,  # type: ignore[arg-type]
             )
         else:
             storage = MemoryStorage()
-        return cls(storage, settings.rate_limit_strategy)
+        return cls(storage, settings.rate_limit_strategy, redis)
 
     async def hit(self, policy: Policy) -> WindowUsage:
         """Count one request, or raise ``RateLimitError`` (429) naming when to retry.
 
-        In memory, windows are counted shortest first, so a request refused by the minute
-        window does not use up the hour. One admitted by the minute window and refused by the
-        hour stays counted in the minute: the error is on the safe side.
-
-        On Redis every window is one round trip, so they are counted at once when this instance
-        last saw the shorter windows with room to spare (see :meth:`_count`); the usage for the
-        headers is then read, also at once: two round trips instead of one per window plus one.
+        Moving windows on Redis: one script, all windows or none (a refused request is counted
+        in no window). Otherwise windows are counted shortest first, so a request refused by
+        the minute window does not use up the hour; one admitted by the minute window and
+        refused by the hour stays counted in the minute: the error is on the safe side.
         """
-        identity = policy.identity
         try:
-            refused = await self._count(policy)
-            if refused is not None:
-                self._room[identity] = False
-                usage = await self._usage(refused, identity)
-                retry_after = max(1, usage.reset_after_s)
-                raise RateLimitError(
-                    f"Rate limit exceeded: {refused.amount} requests per "
-                    f"{_window_name(refused)}; retry after {retry_after} s",
-                    headers={"Retry-After": str(retry_after), **usage.headers()},
-                )
-            if self._remote:
-                # Read-only, so the windows' round trips to Redis can overlap.
-                usages = list(
-                    await asyncio.gather(*(self._usage(w, identity) for w in policy.windows))
-                )
+            if self._moving_windows is not None:
+                refused, usages = await self._hit_moving_windows(policy)
             else:
-                usages = [await self._usage(w, identity) for w in policy.windows]
+                refused, usages = await self._hit_windows(policy)
         except (StorageError, RedisError, OSError) as exc:
             logger.error("rate limit store unreachable", extra={"error": type(exc).__name__})
             raise ServiceUnavailableError(
                 "Rate limit store unavailable; request refused",
                 code="rate_limit_store_unavailable",
             ) from exc
-        self._remember_room(identity, usages)
+        if refused is not None:
+            usage = usages[0]
+            retry_after = max(1, usage.reset_after_s)
+            raise RateLimitError(
+                f"Rate limit exceeded: {refused.amount} requests per "
+                f"{_window_name(refused)}; retry after {retry_after} s",
+                headers={"Retry-After": str(retry_after), **usage.headers()},
+            )
         # Report the window with the fewest requests left (the shorter one on a tie).
         return min(usages, key=lambda u: u.remaining)
 
-    async def _count(self, policy: Policy) -> RateLimitItem | None:
-        """Count the request in every window; the first window that refused it, if any.
-
-        Shortest first, stopping at a refusal, unless the windows are on Redis and this
-        instance last saw every window but the longest with room to spare: then all at once,
-        in one round trip. A request that a shorter window then refuses stays counted in the
-        longer ones; the room kept (a tenth of the limit) makes that rare, and it stops as soon
-        as a refusal is seen, so a client retrying at the limit does not use up its hour.
-        """
-        identity = policy.identity
-        if self._remote and self._room.get(identity, False):
-            admitted = await asyncio.gather(
-                *(self._limiter.hit(window, identity) for window in policy.windows)
-            )
-            return next((w for w, ok in zip(policy.windows, admitted, strict=True) if not ok), None)
+    async def _hit_moving_windows(
+        self, policy: Policy
+    ) -> tuple[RateLimitItem | None, list[WindowUsage]]:
+        assert self._moving_windows is not None
+        now = time.time()
+        args: list[str | int] = [repr(now)]
         for window in policy.windows:
-            if not await self._limiter.hit(window, identity):
-                return window
-        return None
+            args += [window.amount, window.get_expiry()]
+        keys = [f"{KEY_PREFIX}:{w.key_for(policy.identity)}" for w in policy.windows]
+        result = await self._moving_windows(keys=keys, args=args)
+        refused_index = int(result[0])
+        if refused_index:
+            window = policy.windows[refused_index - 1]
+            return window, [_moving_usage(window, int(result[1]), float(result[2]), now)]
+        usages = [
+            _moving_usage(window, int(result[1 + 2 * n]), float(result[2 + 2 * n]), now)
+            for n, window in enumerate(policy.windows)
+        ]
+        return None, usages
 
-    def _remember_room(self, identity: str, usages: list[WindowUsage]) -> None:
-        if not self._remote:
-            return
-        self._room[identity] = all(u.remaining >= max(1, u.limit // 10) for u in usages[:-1])
-        self._room.move_to_end(identity)
-        while len(self._room) > _MAX_REMEMBERED:
-            self._room.popitem(last=False)
+    async def _hit_windows(self, policy: Policy) -> tuple[RateLimitItem | None, list[WindowUsage]]:
+        for window in policy.windows:
+            if not await self._limiter.hit(window, policy.identity):
+                return window, [await self._usage(window, policy.identity)]
+        # One call after another: on loopback, overlapping them costs more than it saves.
+        return None, [await self._usage(w, policy.identity) for w in policy.windows]
 
     async def _usage(self, window: RateLimitItem, identity: str) -> WindowUsage:
         stats = await self._limiter.get_window_stats(window, identity)
         reset_after = max(0, math.ceil(stats.reset_time - time.time()))
         return WindowUsage(window.amount, max(0, stats.remaining), reset_after)
+
+
+def _moving_usage(window: RateLimitItem, count: int, oldest: float, now: float) -> WindowUsage:
+    # As limits' MovingWindowRateLimiter.get_window_stats: the oldest hit leaves the window.
+    reset_after = max(0, math.ceil(oldest + window.get_expiry() - now))
+    return WindowUsage(window.amount, max(0, window.amount - count), reset_after)
 
 
 def _window_name(window: RateLimitItem) -> str:
