@@ -195,6 +195,7 @@ async def authenticate(state: AppState, token: str) -> AuthSubject:
     key_hash = hash_key(settings.secret_key_value, token)
     caching = settings.api_key_cache_ttl_s > 0
     entry: Any = None
+    seen_at = time.monotonic()
     if caching:
         try:
             entry = await state.cache.get(_entry_key(key_hash))
@@ -202,7 +203,9 @@ async def authenticate(state: AppState, token: str) -> AuthSubject:
             raise _store_unavailable(exc)
     found = restore(entry)
     if found is None:
-        found = await _load_and_cache(state, key_hash, seen=entry if caching else _NO_CACHE)
+        found = await _load_and_cache(
+            state, key_hash, seen=entry if caching else _NO_CACHE, seen_at=seen_at
+        )
     api_key, owner = found
     _check_usable(api_key, owner)
     _last_used(state).note(api_key.id)
@@ -212,15 +215,17 @@ async def authenticate(state: AppState, token: str) -> AuthSubject:
 _NO_CACHE = object()
 
 
-async def _load_and_cache(state: AppState, key_hash: str, *, seen: Any) -> tuple[ApiKey, User]:
-    started = time.monotonic()
+async def _load_and_cache(
+    state: AppState, key_hash: str, *, seen: Any, seen_at: float
+) -> tuple[ApiKey, User]:
+    """Read the key and its owner; cache them only over ``seen`` (what the GET returned)."""
     # A pure read: on SQLite it takes no turn on the single write lock.
     async with read_only_engine(state.engine).connect() as conn:
         found = await repository.read_key_and_owner(conn, key_hash)
     if found is None:
         raise AuthenticationError("Invalid API key", code="invalid_api_key")
     # Too slow to be sure the tombstone of a change made meanwhile is still there: don't cache.
-    if seen is not _NO_CACHE and time.monotonic() - started < _MAX_CACHING_LOOKUP_S:
+    if seen is not _NO_CACHE and time.monotonic() - seen_at < _MAX_CACHING_LOOKUP_S:
         try:
             await state.cache.set_if(
                 _entry_key(key_hash),
