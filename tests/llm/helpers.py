@@ -22,7 +22,15 @@ def sse_events(text: str) -> list[Any]:
     return events
 
 
+async def settled(app: Any) -> None:
+    """Wait for the settlements the app writes behind its responses."""
+    from enclava.llm.registry import get_runtime
+
+    await get_runtime(app.state.enclava).flush()
+
+
 async def usage_rows(app: Any) -> list[UsageRecord]:
+    await settled(app)
     async with transaction(app.state.enclava.session_factory) as session:
         return list(
             (await session.execute(select(UsageRecord).order_by(UsageRecord.created_at))).scalars()
@@ -30,6 +38,7 @@ async def usage_rows(app: Any) -> list[UsageRecord]:
 
 
 async def budget(app: Any, budget_id: uuid.UUID) -> Budget:
+    await settled(app)
     async with transaction(app.state.enclava.session_factory) as session:
         row = await session.get(Budget, budget_id)
         assert row is not None
@@ -37,6 +46,7 @@ async def budget(app: Any, budget_id: uuid.UUID) -> Budget:
 
 
 async def usage_cost_sum(app: Any) -> int:
+    await settled(app)
     async with transaction(app.state.enclava.session_factory) as session:
         return int(
             await session.scalar(select(func.coalesce(func.sum(UsageRecord.cost_nanousd), 0))) or 0

@@ -318,6 +318,9 @@ async def _reserve(
 
 # -- settlement -------------------------------------------------------------------------------
 
+# Settlements written behind the response, per instance, before callers wait for theirs.
+MAX_SETTLEMENTS_IN_FLIGHT = 2000
+
 
 async def _settle(
     state: AppState,
@@ -326,13 +329,19 @@ async def _settle(
     cost: int,
     usage: UsageData,
 ) -> None:
-    """Settle in a task of its own, so a cancelled caller (client disconnect) cannot stop it."""
+    """Settle in a task of its own that the caller does not wait for: the response goes out
+    while the settlement joins the next group commit, and a cancelled caller (client
+    disconnect) cannot stop it. The reservation keeps the money held until then, so budgets
+    stay exact. When more settlements are in flight than ``MAX_SETTLEMENTS_IN_FLIGHT`` (the
+    database is slow or down), callers wait for theirs: memory stays bounded and the callers
+    slow down instead of the backlog growing."""
     runtime = get_runtime(state)
     task = asyncio.get_running_loop().create_task(
         _settle_now(state, subject, reservation, cost, usage)
     )
     runtime.keep(task)
-    await asyncio.shield(task)
+    if len(runtime.pending) > MAX_SETTLEMENTS_IN_FLIGHT:
+        await asyncio.shield(task)
 
 
 async def _settle_now(

@@ -110,10 +110,15 @@ class LLMRuntime:
         for provider in self.providers.values():
             await provider.start()
 
+    async def flush(self) -> None:
+        """Wait until every settlement this instance started is written (read-your-writes for
+        usage, audit and budget reads on this instance; tests)."""
+        while self.pending:
+            await asyncio.wait(list(self.pending))
+        await self.settlements.drain()
+
     async def aclose(self) -> None:
-        if self.pending:
-            await asyncio.wait(list(self.pending), timeout=10)
-        await asyncio.wait_for(self.settlements.drain(), timeout=10)
+        await asyncio.wait_for(self.flush(), timeout=10)
         for provider in self.providers.values():
             await provider.aclose()
         if self.embedder is not None:
