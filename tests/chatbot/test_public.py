@@ -65,7 +65,6 @@ async def add_budget(app: Any, *, api_key_id: uuid.UUID, limit_nanousd: int) -> 
                 period="monthly",
                 limit_nanousd=limit_nanousd,
                 spent_nanousd=0,
-                reserved_nanousd=0,
                 period_started_at=period_start("monthly", utcnow()),
             )
         )

@@ -128,7 +128,7 @@ def charge_one() -> Any:
     Only a budget still of the period kind the call was reserved under is charged."""
     return (
         update(Budget)
-        .where(Budget.id == bindparam("budget_id"), Budget.period == bindparam("period"))
+        .where(Budget.id == bindparam("budget_id"), Budget.period == bindparam("charge_period"))
         .values(
             **_charged_values(
                 bindparam("start", type_=UTCDateTime()), bindparam("cost", type_=BigInteger())

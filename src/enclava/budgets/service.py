@@ -265,7 +265,7 @@ async def settle_many(
                 for (budget_id, period), (start, cost) in charges.items():
                     params = {
                         "budget_id": budget_id,
-                        "period": period,
+                        "charge_period": period,
                         "start": start,
                         "cost": cost,
                     }
