@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 import logging
 import secrets
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -154,9 +155,11 @@ class _Counter:
 
 class MemoryLedger:
     """The ledger in this process's memory. Every method runs its check and update without an
-    ``await`` in between, so the event loop makes each one atomic."""
+    ``await`` in between, so the event loop makes each one atomic; the lock makes them atomic
+    for app instances running event loops in other threads of the process too."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._definitions: dict[Owner, list[tuple[str, int, str]]] = {}
         self._generations: dict[Owner, int] = {}
         self._counters: dict[str, _Counter] = {}
@@ -165,69 +168,70 @@ class MemoryLedger:
     async def reserve(
         self, owners: Sequence[Owner], amount: int, starts: Mapping[str, int]
     ) -> Reservation | Outcome:
-        charged: list[tuple[str, _Counter]] = []
-        missing = False
-        for owner in owners:
-            definitions = self._definitions.get(owner)
-            if definitions is None:
-                missing = True
-                continue
-            for budget_id, limit, period in definitions:
-                name = counter_name(budget_id, period, starts[period])
-                counter = self._counters.get(name)
-                if counter is None:
+        with self._lock:
+            charged: list[tuple[str, _Counter]] = []
+            missing = False
+            for owner in owners:
+                definitions = self._definitions.get(owner)
+                if definitions is None:
                     missing = True
-                elif counter.spent + counter.reserved + amount > limit:
-                    return Outcome.REFUSED
-                else:
-                    charged.append((name, counter))
-        if missing:
-            return Outcome.NEED_LOAD
-        for _, counter in charged:
-            counter.reserved += amount
-        return Reservation(tuple(_charge(n, c.epoch) for n, c in charged), amount)
+                    continue
+                for budget_id, limit, period in definitions:
+                    name = counter_name(budget_id, period, starts[period])
+                    counter = self._counters.get(name)
+                    if counter is None:
+                        missing = True
+                    elif counter.spent + counter.reserved + amount > limit:
+                        return Outcome.REFUSED
+                    else:
+                        charged.append((name, counter))
+            if missing:
+                return Outcome.NEED_LOAD
+            for _, counter in charged:
+                counter.reserved += amount
+            return Reservation(tuple(_charge(n, c.epoch) for n, c in charged), amount)
 
     async def generations(self, owners: Sequence[Owner]) -> list[int]:
-        return [self._generations.get(owner, 0) for owner in owners]
+        with self._lock:
+            return [self._generations.get(owner, 0) for owner in owners]
 
     async def load(self, owners: Sequence[OwnerLoad], counters: Sequence[CounterLoad]) -> None:
-        for load in owners:
-            if self._generations.get(load.owner, 0) == load.generation:
-                self._definitions[load.owner] = [
-                    (d["id"], d["limit"], d["period"]) for d in load.definitions
-                ]
-        for counter in counters:
-            if counter.counter in self._counters:
-                continue
-            self._counters[counter.counter] = _Counter(counter.spent, _new_epoch())
-            budget_id = counter.counter.split(":", 1)[0]
-            previous = self._latest.get(budget_id)
-            if previous is not None and previous != counter.counter:
-                # A new period began: the old counter's late settlements are in the database.
-                self._counters.pop(previous, None)
-            self._latest[budget_id] = counter.counter
+        with self._lock:
+            for load in owners:
+                if self._generations.get(load.owner, 0) == load.generation:
+                    self._definitions[load.owner] = [
+                        (d["id"], d["limit"], d["period"]) for d in load.definitions
+                    ]
+            for counter in counters:
+                if counter.counter in self._counters:
+                    continue
+                self._counters[counter.counter] = _Counter(counter.spent, _new_epoch())
+                budget_id = counter.counter.split(":", 1)[0]
+                previous = self._latest.get(budget_id)
+                if previous is not None and previous != counter.counter:
+                    # A new period began: late settlements of the old one are in the database.
+                    self._counters.pop(previous, None)
+                self._latest[budget_id] = counter.counter
 
     async def settle(self, items: Sequence[tuple[Reservation, int]]) -> None:
-        for reservation, cost in items:
-            for charge in reservation.charges:
-                counter = self._counters.get(charge.counter)
-                if counter is None:
-                    continue
-                if counter.epoch == charge.epoch:
-                    counter.reserved -= reservation.amount_nanousd
-                counter.spent += cost
+        with self._lock:
+            for reservation, cost in items:
+                for charge in reservation.charges:
+                    counter = self._counters.get(charge.counter)
+                    if counter is None:
+                        continue
+                    if counter.epoch == charge.epoch:
+                        counter.reserved -= reservation.amount_nanousd
+                    counter.spent += cost
 
     async def invalidate_owner(self, owner: Owner) -> None:
-        self._generations[owner] = self._generations.get(owner, 0) + 1
-        self._definitions.pop(owner, None)
+        with self._lock:
+            self._generations[owner] = self._generations.get(owner, 0) + 1
+            self._definitions.pop(owner, None)
 
     async def reserved(self, counters: Sequence[str]) -> list[int]:
-        return [c.reserved if (c := self._counters.get(n)) else 0 for n in counters]
-
-    def drop_counters(self) -> None:
-        """Forget every counter (what a store losing its data does; for tests)."""
-        self._counters.clear()
-        self._latest.clear()
+        with self._lock:
+            return [c.reserved if (c := self._counters.get(n)) else 0 for n in counters]
 
 
 # One memory ledger per database in this process, shared by the app instances using it.
@@ -431,12 +435,6 @@ class RedisLedger:
         except (RedisError, OSError) as exc:
             raise unavailable(exc) from exc
         return [int(v or 0) for v in values]
-
-    async def drop_counters(self) -> None:
-        """Delete every counter (what a store losing its data does; for tests)."""
-        keys = [k async for k in self._redis.scan_iter(match=self._counter_key("*"))]
-        if keys:
-            await self._redis.delete(*keys)
 
     async def close(self) -> None:
         if self._owns_client:
