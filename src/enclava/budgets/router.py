@@ -42,7 +42,7 @@ async def create_budget(body: BudgetCreate, subject: UserSubject, request: Reque
     async with transaction(state.session_factory) as session:
         budget = await service.add_budget(session, subject, **body.model_dump())
     await service.invalidate_owner(state, user_id=budget.user_id, api_key_id=budget.api_key_id)
-    [shown] = await service.read_budgets(state, [budget])
+    [shown] = await service.read_budgets(state, [budget], created=True)
     return BudgetRead.model_validate(shown)
 
 

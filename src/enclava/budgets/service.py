@@ -450,14 +450,18 @@ def report_crossings(crossings: list[ThresholdCrossing]) -> None:
 # -- managing budgets (internal API) ---------------------------------------------------------
 
 
-async def read_budgets(state: AppState, budgets: Sequence[Budget]) -> list[dict[str, Any]]:
+async def read_budgets(
+    state: AppState, budgets: Sequence[Budget], *, created: bool = False
+) -> list[dict[str, Any]]:
     """Budgets as the API shows them: spent from the database (0 once its period ended),
-    reserved from the ledger (0 where no call has loaded it)."""
+    reserved from the ledger (0 where no call has loaded it; not read for budgets just
+    ``created``, which nothing can have reserved on yet)."""
     from enclava.llm.pricing import usd
 
     starts = current_period_starts()
     counters = [counter_name(b.id, b.period, starts[b.period]) for b in budgets]
-    reserved = await get_ledger(state).reserved(counters)
+    ledger = get_ledger(state)
+    reserved = [0] * len(budgets) if created else await ledger.reserved(counters)
     result = []
     for budget, held in zip(budgets, reserved, strict=True):
         start = starts[budget.period]
