@@ -10,6 +10,7 @@ import orjson
 from sqlalchemy import select, update
 
 from enclava.budgets.periods import period_start
+from enclava.budgets.service import invalidate_owner
 from enclava.chatbot.schemas import InteractResponse
 from enclava.db import transaction
 from enclava.kit.time import utcnow
@@ -68,6 +69,8 @@ async def add_budget(app: Any, *, api_key_id: uuid.UUID, limit_nanousd: int) -> 
                 period_started_at=period_start("monthly", utcnow()),
             )
         )
+    # As every writer of budgets does after its commit (the key may have been used already).
+    await invalidate_owner(app.state.enclava, api_key_id=api_key_id)
 
 
 def upstream_messages(upstream: Simulator) -> list[list[dict[str, Any]]]:

@@ -81,6 +81,7 @@ async def add_budget(
     **fields: Any,
 ) -> uuid.UUID:
     from enclava.budgets.periods import period_start
+    from enclava.budgets.service import invalidate_owner
     from enclava.kit.time import utcnow
 
     async with transaction(app.state.enclava.session_factory) as session:
@@ -96,7 +97,14 @@ async def add_budget(
         )
         session.add(row)
         await session.flush()
-        return row.id
+        budget_id = row.id
+    # As every writer of budgets does after its commit (the owner may have made calls already).
+    owner_id = subject_or_owner["id"]
+    if key:
+        await invalidate_owner(app.state.enclava, api_key_id=owner_id)
+    else:
+        await invalidate_owner(app.state.enclava, user_id=owner_id)
+    return budget_id
 
 
 from collections.abc import AsyncIterator  # noqa: E402
