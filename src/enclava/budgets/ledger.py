@@ -42,7 +42,8 @@ logger = logging.getLogger(__name__)
 STATE_KEY = "budget_ledger"
 # Definitions on Redis expire, so an invalidation lost to a Redis outage heals within this.
 DEFINITIONS_TTL_S = 600
-# A counter outlives its period by a day (settlements of calls that straddle the boundary).
+# A counter lives a period's length plus a day from when it is built, so it outlives its period
+# (late settlements of calls that straddle the boundary) and then goes away.
 _COUNTER_TTL_S = {"daily": 2 * 86_400, "weekly": 8 * 86_400, "monthly": 32 * 86_400, "total": 0}
 
 Owner = tuple[str, uuid.UUID]  # ("user" | "key", id)
@@ -236,22 +237,25 @@ class MemoryLedger:
 
 # One memory ledger per database in this process, shared by the app instances using it.
 _memory_ledgers: dict[str, tuple[MemoryLedger, int]] = {}
+_memory_ledgers_lock = threading.Lock()
 
 
 def _acquire_memory_ledger(database_url: str) -> MemoryLedger:
-    ledger, users = _memory_ledgers.get(database_url, (None, 0))
-    if ledger is None:
-        ledger = MemoryLedger()
-    _memory_ledgers[database_url] = (ledger, users + 1)
-    return ledger
+    with _memory_ledgers_lock:
+        ledger, users = _memory_ledgers.get(database_url, (None, 0))
+        if ledger is None:
+            ledger = MemoryLedger()
+        _memory_ledgers[database_url] = (ledger, users + 1)
+        return ledger
 
 
 def _release_memory_ledger(database_url: str) -> None:
-    ledger, users = _memory_ledgers[database_url]
-    if users <= 1:
-        del _memory_ledgers[database_url]
-    else:
-        _memory_ledgers[database_url] = (ledger, users - 1)
+    with _memory_ledgers_lock:
+        ledger, users = _memory_ledgers[database_url]
+        if users <= 1:
+            del _memory_ledgers[database_url]
+        else:
+            _memory_ledgers[database_url] = (ledger, users - 1)
 
 
 # -- Redis -------------------------------------------------------------------------------------
