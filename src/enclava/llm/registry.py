@@ -103,7 +103,8 @@ class LLMRuntime:
                 description=model.description,
                 config=model,
             )
-        # Settlements that must finish even if the request that started them is cancelled.
+        # Work that must finish even if the request that started it is cancelled (closing a
+        # stream and settling it).
         self.pending: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
@@ -111,8 +112,8 @@ class LLMRuntime:
             await provider.start()
 
     async def flush(self) -> None:
-        """Wait until every settlement this instance started is written (read-your-writes for
-        usage, audit and budget reads on this instance; tests)."""
+        """Wait until every settlement this instance started is written (streams being closed
+        settle when they finish closing)."""
         while self.pending:
             await asyncio.wait(list(self.pending))
         await self.settlements.drain()
