@@ -7,16 +7,17 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from enclava.budgets.periods import period_start
 from enclava.budgets.service import invalidate_owner
 from enclava.chatbot.schemas import InteractResponse
 from enclava.db import transaction
 from enclava.kit.time import utcnow
-from enclava.models import Budget, ChatbotInstance, UsageRecord
+from enclava.models import Budget, ChatbotInstance
 from enclava.testing.mock_upstream import Simulator
 from tests.conftest import TEST_SECRET, Actors, StartApp
+from tests.llm.helpers import usage_rows
 
 BOTS = "/api-internal/v1/chatbots"
 INTERACT = "/api/v1/chatbot/interact"
@@ -49,12 +50,6 @@ async def setup_bot(
     assert created.status_code == 201, created.text
     key = await actors.api_key(owner, scopes=list(scopes))
     return {"owner": owner, "bot": created.json(), "key": key, "id": created.json()["id"]}
-
-
-async def usage_rows(app: Any) -> list[UsageRecord]:
-    async with transaction(app.state.enclava.session_factory) as session:
-        rows = await session.execute(select(UsageRecord).order_by(UsageRecord.created_at))
-        return list(rows.scalars())
 
 
 async def add_budget(app: Any, *, api_key_id: uuid.UUID, limit_nanousd: int) -> None:
