@@ -285,6 +285,40 @@ def _bench_litellm(executable: str, work: Path, upstream: str, total: int) -> li
         return _run_all(f"http://127.0.0.1:{port}/v1/chat/completions", headers, total, proc.pid)
 
 
+def _bench_floor(work: Path, upstream: str, total: int) -> list[dict[str, Any]]:
+    """The bare Python proxy of ``bench.gateway.floor`` (same server stack as Enclava)."""
+    work.mkdir(parents=True, exist_ok=True)
+    port = _port()
+    args = [
+        str(VENV_BIN / "uvicorn"),
+        "bench.gateway.floor:app",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    env = {"ENCLAVA_FLOOR_UPSTREAM": upstream, "PYTHONPATH": str(ROOT)}
+    with _process(args, env, work / "floor.log") as proc:
+        _wait_for_port(port)
+        return _run_all(f"http://127.0.0.1:{port}/v1/chat/completions", {}, total, proc.pid)
+
+
+def _wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"port {port} did not open")
+
+
 def _install_litellm(notes: list[str]) -> None:
     """LiteLLM goes into its own venv under bench/, never into the project's."""
     venv = ROOT / "bench/.litellm-venv"
@@ -308,25 +342,29 @@ def _install_litellm(notes: list[str]) -> None:
 
 def _table(results: dict[str, list[dict[str, Any]]]) -> str:
     direct = {r["concurrency"]: r for r in results.get("direct", [])}
+    litellm = {r["concurrency"]: r for r in results.get("litellm-proxy", [])}
     lines = [
-        "| target | c=1 p50 ms | c=1 p99 ms | c=1 overhead p50 ms | c=16 rps | c=16 p99 ms | c=64 rps | c=64 p99 ms | c=64 vs direct | server CPU ms/req (c=1, c=64) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| target | c=1 p50 ms | c=1 p99 ms | c=1 overhead p50 ms | c=16 rps | c=16 p99 ms | c=64 rps | c=64 p99 ms | c=64 vs direct | c=64 vs LiteLLM | server CPU ms/req (c=1, c=64) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, rows in results.items():
         by = {r["concurrency"]: r for r in rows}
         overhead = by[1]["p50_ms"] - direct[1]["p50_ms"] if direct else float("nan")
         ratio = by[64]["throughput_rps"] / direct[64]["throughput_rps"] if direct else float("nan")
+        vs_litellm = (
+            f"{by[64]['throughput_rps'] / litellm[64]['throughput_rps']:.1f}x" if litellm else "-"
+        )
         lines.append(
             f"| {name} | {by[1]['p50_ms']:.3f} | {by[1]['p99_ms']:.3f} | {overhead:.3f} | "
             f"{by[16]['throughput_rps']:.0f} | {by[16]['p99_ms']:.2f} | {by[64]['throughput_rps']:.0f} | "
-            f"{by[64]['p99_ms']:.2f} | {ratio:.0%} | "
+            f"{by[64]['p99_ms']:.2f} | {ratio:.0%} | {vs_litellm} | "
             f"{by[1]['server_cpu_ms_per_request']:.2f}, {by[64]['server_cpu_ms_per_request']:.2f} |"
         )
     return "\n".join(lines)
 
 
 def main() -> None:
-    targets = os.environ.get("BENCH_TARGETS", "direct,embedded,postgres,litellm").split(",")
+    targets = os.environ.get("BENCH_TARGETS", "direct,floor,embedded,postgres,litellm").split(",")
     total = int(os.environ.get("BENCH_REQUESTS", "2000"))
     latency = os.environ.get("BENCH_UPSTREAM_LATENCY_MS", "0")
     litellm = os.environ.get("BENCH_LITELLM", str(ROOT / "bench/.litellm-venv/bin/litellm"))
@@ -355,6 +393,9 @@ def main() -> None:
                 results["direct"] = _run_all(
                     upstream + "/v1/chat/completions", {}, total, mock_proc.pid
                 )
+            if "floor" in targets:
+                print("floor (bare Python proxy) ...", flush=True)
+                results["floor-bare-python-proxy"] = _bench_floor(work / "floor", upstream, total)
             if "embedded" in targets:
                 print("enclava, embedded (SQLite, in-process cache) ...", flush=True)
                 results["enclava-embedded"] = _bench_enclava(

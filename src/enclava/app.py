@@ -72,12 +72,21 @@ def _internal_api() -> APIRouter:
 
 
 async def _start_llm(state: AppState, stack: AsyncExitStack) -> None:
-    """Providers with their pooled HTTP clients, and the model table (see enclava.llm)."""
-    from enclava.budgets.service import SettlementQueue
+    """The budget ledger, providers with their pooled HTTP clients, and the model table (see
+    enclava.llm). The ledger is released after the runtime has drained its settlements."""
+    from enclava.budgets import ledger as budget_ledger
+    from enclava.budgets.service import SETTLEMENTS_KEY, SettlementQueue
     from enclava.llm.config import load_llm_config
     from enclava.llm.registry import EMBEDDER_KEY, STATE_KEY, LLMRuntime
 
-    settlements = SettlementQueue(state.session_factory, audit=state.settings.audit_llm_calls)
+    settings = state.settings
+    ledger, release_ledger = budget_ledger.create_ledger(
+        settings.redis_url, settings.resolved_database_url, state.cache
+    )
+    stack.push_async_callback(release_ledger)
+    state.extras[budget_ledger.STATE_KEY] = ledger
+    settlements = SettlementQueue(state.session_factory, ledger, audit=settings.audit_llm_calls)
+    state.extras[SETTLEMENTS_KEY] = settlements
     runtime = LLMRuntime(
         load_llm_config(state.settings), settlements, state.extras.get(EMBEDDER_KEY)
     )

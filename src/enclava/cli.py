@@ -225,6 +225,8 @@ def keys_create(
             "confidential_only": api_key.confidential_only,
         }
         if budget is not None and period is not None:
+            # The key is new, so no instance has its budgets in the ledger yet: nothing to
+            # invalidate (docs/decisions/0009-budget-ledger.md).
             row = await create_budget(
                 session,  # type: ignore[arg-type]
                 api_key_id=api_key.id,

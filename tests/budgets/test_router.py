@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.conftest import Actors
+from tests.conftest import Actors, StartApp
 
 URL = "/api-internal/v1/budgets"
 
@@ -158,3 +159,89 @@ async def test_period_change_starts_a_new_period(
     )
     assert patched.json()["period"] == "daily" and patched.json()["spent_usd"] == "0"
     assert (await budget(app, budget_id)).spent_nanousd == 0
+
+
+async def _user_subject(app: Any, user_id: Any) -> Any:
+    from enclava.auth import repository
+    from enclava.auth.subject import AuthSubject
+    from enclava.db import transaction
+
+    async with transaction(app.state.enclava.session_factory) as session:
+        user = await repository.get_user(session, user_id)
+        assert user is not None
+        return AuthSubject(kind="user", user=user)
+
+
+async def test_budget_changes_apply_to_the_next_call_on_every_instance(
+    app: Any, client: httpx.AsyncClient, actors: Actors, make_app: StartApp
+) -> None:
+    """Instance B has the owner's budgets loaded; changes made through instance A's API apply
+    to B's very next reservation (B shares A's ledger: Redis, or this process's memory)."""
+    from enclava.budgets import service
+    from enclava.errors import QuotaExceededError
+
+    other, _ = await make_app()
+    user = await actors.user()
+    subject = await _user_subject(app, user["id"])
+    b = other.state.enclava
+    created = await client.post(
+        URL, json={"name": "cap", "limit_usd": "0.000001"}, headers=user["headers"]
+    )
+    assert created.status_code == 201
+    budget_id = created.json()["id"]
+    await service.reserve(b, subject, 800)
+    with pytest.raises(QuotaExceededError):
+        await service.reserve(b, subject, 300)
+
+    raised = await client.patch(
+        f"{URL}/{budget_id}", json={"limit_usd": "0.0000011"}, headers=user["headers"]
+    )
+    assert raised.status_code == 200
+    # The 800 in flight still count against the new limit of 1,100.
+    assert raised.json()["reserved_usd"] == "0.0000008"
+    assert raised.json()["remaining_usd"] == "0.0000003"
+    await service.reserve(b, subject, 300)
+    with pytest.raises(QuotaExceededError):
+        await service.reserve(b, subject, 1)
+
+    second = await client.post(
+        URL,
+        json={"name": "daily", "limit_usd": "0.000002", "period": "daily"},
+        headers=user["headers"],
+    )
+    assert second.status_code == 201
+    paused = await client.patch(
+        f"{URL}/{budget_id}", json={"is_active": False}, headers=user["headers"]
+    )
+    assert paused.status_code == 200
+    # Only the new daily budget applies now.
+    reservation = await service.reserve(b, subject, 2_000)
+    assert [str(i) for i in reservation.budget_ids] == [second.json()["id"]]
+    deleted = await client.delete(f"{URL}/{second.json()['id']}", headers=user["headers"])
+    assert deleted.status_code == 204
+    assert (await service.reserve(b, subject, 10**12)).charges == ()
+
+
+async def test_budgets_show_what_is_reserved_and_what_is_spent(
+    app: Any, client: httpx.AsyncClient, actors: Actors
+) -> None:
+    from enclava.budgets import service
+
+    user = await actors.user()
+    subject = await _user_subject(app, user["id"])
+    created = await client.post(
+        URL, json={"name": "cap", "limit_usd": "0.00001"}, headers=user["headers"]
+    )
+    budget_id = created.json()["id"]
+    assert created.json()["reserved_usd"] == "0"
+    state = app.state.enclava
+    first = await service.reserve(state, subject, 3_000)
+    await service.reserve(state, subject, 2_000)
+    usage = service.UsageData(endpoint="chat", model="m", provider="p", status="success")
+    await service.settle(state, subject, first, 1_000, usage)
+    shown = (await client.get(f"{URL}/{budget_id}", headers=user["headers"])).json()
+    assert (shown["spent_usd"], shown["reserved_usd"], shown["remaining_usd"]) == (
+        "0.000001",
+        "0.000002",
+        "0.000007",
+    )

@@ -9,11 +9,13 @@ from sqlalchemy import func, select
 from enclava.auth import repository as users
 from enclava.auth.subject import AuthSubject
 from enclava.budgets import service
+from enclava.budgets.ledger import get_ledger
 from enclava.db import transaction
 from enclava.errors import QuotaExceededError
 from enclava.kit.time import utcnow
 from enclava.models import Budget, UsageRecord
 from tests.conftest import Actors
+from tests.llm.helpers import budget as budget_state
 
 
 async def _subject(app: Any, owner: dict[str, Any]) -> AuthSubject:
@@ -46,23 +48,22 @@ async def test_concurrent_reservations_never_exceed_the_limit(app: Any, actors: 
     owner = await actors.user()
     subject = await _subject(app, owner)
     budget_id = await _budget(app, owner["id"], limit=1000 * 7)
-    factory = app.state.enclava.session_factory
+    state = app.state.enclava
 
     async def attempt() -> bool:
         try:
-            reservation = await service.reserve(factory, subject, 1000)
+            reservation = await service.reserve(state, subject, 1000)
         except QuotaExceededError:
             return False
         await asyncio.sleep(0)
-        await service.settle(factory, subject, reservation, 1000, _usage())
+        await service.settle(state, subject, reservation, 1000, _usage())
         return True
 
     results = await asyncio.gather(*(attempt() for _ in range(50)))
     assert sum(results) == 7
-    async with transaction(factory) as session:
-        budget = await session.get(Budget, budget_id)
-        assert budget is not None
-        assert budget.spent_nanousd == 7000 and budget.reserved_nanousd == 0
+    budget = await budget_state(app, budget_id)
+    assert budget.spent_nanousd == 7000 and budget.reserved_nanousd == 0
+    async with transaction(state.session_factory) as session:
         rows = await session.scalar(select(func.count()).select_from(UsageRecord))
         assert rows == 7
 
@@ -71,67 +72,99 @@ async def test_settle_charges_real_cost_and_releases_rest(app: Any, actors: Acto
     owner = await actors.user()
     subject = await _subject(app, owner)
     budget_id = await _budget(app, owner["id"], limit=10_000, soft_thresholds=[50, 90])
-    factory = app.state.enclava.session_factory
-    reservation = await service.reserve(factory, subject, 8_000)
+    state = app.state.enclava
+    reservation = await service.reserve(state, subject, 8_000)
+    assert (await budget_state(app, budget_id)).reserved_nanousd == 8_000
     with pytest.raises(QuotaExceededError):
-        await service.reserve(factory, subject, 3_000)
-    crossings = await service.settle(factory, subject, reservation, 6_000, _usage())
+        await service.reserve(state, subject, 3_000)
+    crossings = await service.settle(state, subject, reservation, 6_000, _usage())
     assert [c.threshold_percent for c in crossings] == [50]
-    async with transaction(factory) as session:
-        budget = await session.get(Budget, budget_id)
-        assert budget is not None
-        assert (budget.spent_nanousd, budget.reserved_nanousd) == (6_000, 0)
+    budget = await budget_state(app, budget_id)
+    assert (budget.spent_nanousd, budget.reserved_nanousd) == (6_000, 0)
+    # The released 2,000 are available again: 6,000 + 4,000 fits exactly.
+    second = await service.reserve(state, subject, 4_000)
     # The next 50 % crossing is not reported again; 90 % is.
-    second = await service.reserve(factory, subject, 3_500)
-    crossings = await service.settle(factory, subject, second, 3_500, _usage())
+    crossings = await service.settle(state, subject, second, 3_500, _usage())
     assert [c.threshold_percent for c in crossings] == [90]
 
 
 async def test_elapsed_period_starts_fresh(app: Any, actors: Actors) -> None:
+    """The row still holds the old period's spend: the new period's counter starts from 0,
+    and the first settlement rolls the row over to the new period."""
     from datetime import timedelta
+
+    from enclava.budgets.periods import period_start
 
     owner = await actors.user()
     subject = await _subject(app, owner)
-    await _budget(
+    budget_id = await _budget(
         app,
         owner["id"],
         limit=1_000,
         period="daily",
         spent_nanousd=1_000,
+        notified_threshold=80,
+        soft_thresholds=[80],
         period_started_at=utcnow() - timedelta(days=2),
     )
-    reservation = await service.reserve(app.state.enclava.session_factory, subject, 900)
-    assert reservation.budget_ids
+    state = app.state.enclava
+    reservation = await service.reserve(state, subject, 900)
+    assert reservation.budget_ids == (budget_id,)
+    with pytest.raises(QuotaExceededError):
+        await service.reserve(state, subject, 101)
+    crossings = await service.settle(state, subject, reservation, 850, _usage())
+    assert [c.threshold_percent for c in crossings] == [80]  # reported again in the new period
+    budget = await budget_state(app, budget_id)
+    assert (budget.spent_nanousd, budget.reserved_nanousd) == (850, 0)
+    assert budget.row.period_started_at == period_start("daily", utcnow())
+    await service.reserve(state, subject, 150)  # 850 + 150 fits exactly
+    with pytest.raises(QuotaExceededError):
+        await service.reserve(state, subject, 1)
 
 
-async def test_reservation_in_a_caller_session_is_atomic_and_refusal_leaves_nothing(
+async def test_refusal_holds_nothing_and_key_and_owner_budgets_both_apply(
     app: Any, actors: Actors
 ) -> None:
     owner = await actors.user()
-    subject = await _subject(app, owner)
-    budget_id = await _budget(app, owner["id"], limit=5_000)
-    factory = app.state.enclava.session_factory
-    async with transaction(factory) as session:
-        reservation = await service.reserve(factory, subject, 4_000, session=session)
-        assert reservation.budget_ids == (budget_id,)
-    async with transaction(factory) as session:
-        with pytest.raises(QuotaExceededError):
-            await service.reserve(factory, subject, 2_000, session=session)
-    async with transaction(factory) as session:
-        budget = await session.get(Budget, budget_id)
-        assert budget is not None and budget.reserved_nanousd == 4_000
+    key = await actors.api_key(owner)
+    user_budget = await _budget(app, owner["id"], limit=5_000)
+    async with transaction(app.state.enclava.session_factory) as session:
+        row = Budget(
+            api_key_id=key["id"],
+            name="key",
+            period="weekly",
+            limit_nanousd=3_000,
+            period_started_at=utcnow(),
+        )
+        session.add(row)
+        await session.flush()
+        key_budget = row.id
+    from enclava.api_keys import lookup
+
+    state = app.state.enclava
+    subject = await lookup.authenticate(state, key["key"])
+    reservation = await service.reserve(state, subject, 2_000)
+    assert set(reservation.budget_ids) == {user_budget, key_budget}
+    with pytest.raises(QuotaExceededError):
+        await service.reserve(state, subject, 1_500)  # fits the user's, not the key's
+    assert (await budget_state(app, user_budget)).reserved_nanousd == 2_000
+    assert (await budget_state(app, key_budget)).reserved_nanousd == 2_000
+    # The owner's own calls (no key) see only the owner's budget.
+    await service.reserve(state, await _subject(app, owner), 3_000)
+    assert (await budget_state(app, user_budget)).reserved_nanousd == 5_000
+    assert (await budget_state(app, key_budget)).reserved_nanousd == 2_000
 
 
 async def test_threshold_crossings_reach_listeners(app: Any, actors: Actors) -> None:
     owner = await actors.user()
     subject = await _subject(app, owner)
     await _budget(app, owner["id"], limit=10_000, soft_thresholds=[50])
-    factory = app.state.enclava.session_factory
+    state = app.state.enclava
     heard: list[service.ThresholdCrossing] = []
     service.threshold_listeners.append(heard.append)
     try:
-        reservation = await service.reserve(factory, subject, 6_000)
-        crossings = await service.settle(factory, subject, reservation, 6_000, _usage())
+        reservation = await service.reserve(state, subject, 6_000)
+        crossings = await service.settle(state, subject, reservation, 6_000, _usage())
         service.report_crossings(crossings)
     finally:
         service.threshold_listeners.remove(heard.append)
@@ -144,7 +177,8 @@ async def test_settlement_queue_groups_concurrent_calls_and_keeps_totals_exact(
     owner = await actors.user()
     subject = await _subject(app, owner)
     budget_id = await _budget(app, owner["id"], limit=100_000, soft_thresholds=[1])
-    factory = app.state.enclava.session_factory
+    state = app.state.enclava
+    factory = state.session_factory
     writes: list[int] = []
     real = service.settle_many
 
@@ -153,8 +187,8 @@ async def test_settlement_queue_groups_concurrent_calls_and_keeps_totals_exact(
         return await real(factory, items, **kwargs)
 
     monkeypatch.setattr(service, "settle_many", counting)
-    queue = service.SettlementQueue(factory, audit=True)
-    reservations = [await service.reserve(factory, subject, 1_000) for _ in range(40)]
+    queue = service.SettlementQueue(factory, get_ledger(state), audit=True)
+    reservations = [await service.reserve(state, subject, 1_000) for _ in range(40)]
     results = await asyncio.gather(
         *(
             queue.settle(service.Settlement(subject, r, 600 + i, _usage()))
@@ -165,12 +199,16 @@ async def test_settlement_queue_groups_concurrent_calls_and_keeps_totals_exact(
     assert sum(writes) == 40 and len(writes) < 40  # grouped into fewer writes
     # The 1 % threshold is crossed once, and reported to exactly one caller.
     assert sum(len(r) for r in results) == 1
+    budget = await budget_state(app, budget_id)
+    assert budget.reserved_nanousd == 0
+    assert budget.spent_nanousd == sum(600 + i for i in range(40))
     async with transaction(factory) as session:
-        budget = await session.get(Budget, budget_id)
-        assert budget is not None
-        assert budget.reserved_nanousd == 0
-        assert budget.spent_nanousd == sum(600 + i for i in range(40))
         assert await session.scalar(select(func.count()).select_from(UsageRecord)) == 40
+    # The ledger counted the same spend as the database: 100,000 - 40 x 600 - 780 is left.
+    left = 100_000 - budget.spent_nanousd
+    await service.reserve(state, subject, left)
+    with pytest.raises(QuotaExceededError):
+        await service.reserve(state, subject, 1)
 
 
 async def test_one_failing_settlement_does_not_sink_its_batch(
@@ -178,7 +216,9 @@ async def test_one_failing_settlement_does_not_sink_its_batch(
 ) -> None:
     owner = await actors.user()
     subject = await _subject(app, owner)
-    factory = app.state.enclava.session_factory
+    budget_id = await _budget(app, owner["id"], limit=100_000)
+    state = app.state.enclava
+    factory = state.session_factory
     real = service.settle_many
 
     async def refusing(factory: Any, items: Any, **kwargs: Any) -> Any:
@@ -187,13 +227,14 @@ async def test_one_failing_settlement_does_not_sink_its_batch(
         return await real(factory, items, **kwargs)
 
     monkeypatch.setattr(service, "settle_many", refusing)
-    queue = service.SettlementQueue(factory, audit=False)
+    queue = service.SettlementQueue(factory, get_ledger(state), audit=False)
     usages = [_usage() for _ in range(6)]
     usages[2].model = "poison"
+    reservations = [await service.reserve(state, subject, 10) for _ in usages]
     outcomes = await asyncio.gather(
         *(
-            queue.settle(service.Settlement(subject, service.Reservation((), 0), 5, u))
-            for u in usages
+            queue.settle(service.Settlement(subject, r, 5, u))
+            for r, u in zip(reservations, usages, strict=True)
         ),
         return_exceptions=True,
     )
@@ -207,3 +248,6 @@ async def test_one_failing_settlement_does_not_sink_its_batch(
     ]
     async with transaction(factory) as session:
         assert await session.scalar(select(func.count()).select_from(UsageRecord)) == 5
+    # The failed call's reservation stays held (errs safe); the others were released.
+    budget = await budget_state(app, budget_id)
+    assert (budget.spent_nanousd, budget.reserved_nanousd) == (25, 10)

@@ -7,15 +7,17 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from enclava.budgets.periods import period_start
+from enclava.budgets.service import invalidate_owner
 from enclava.chatbot.schemas import InteractResponse
 from enclava.db import transaction
 from enclava.kit.time import utcnow
-from enclava.models import Budget, ChatbotInstance, UsageRecord
+from enclava.models import Budget, ChatbotInstance
 from enclava.testing.mock_upstream import Simulator
-from tests.conftest import Actors
+from tests.conftest import TEST_SECRET, Actors, StartApp
+from tests.llm.helpers import usage_rows
 
 BOTS = "/api-internal/v1/chatbots"
 INTERACT = "/api/v1/chatbot/interact"
@@ -50,12 +52,6 @@ async def setup_bot(
     return {"owner": owner, "bot": created.json(), "key": key, "id": created.json()["id"]}
 
 
-async def usage_rows(app: Any) -> list[UsageRecord]:
-    async with transaction(app.state.enclava.session_factory) as session:
-        rows = await session.execute(select(UsageRecord).order_by(UsageRecord.created_at))
-        return list(rows.scalars())
-
-
 async def add_budget(app: Any, *, api_key_id: uuid.UUID, limit_nanousd: int) -> None:
     async with transaction(app.state.enclava.session_factory) as session:
         session.add(
@@ -65,10 +61,11 @@ async def add_budget(app: Any, *, api_key_id: uuid.UUID, limit_nanousd: int) -> 
                 period="monthly",
                 limit_nanousd=limit_nanousd,
                 spent_nanousd=0,
-                reserved_nanousd=0,
                 period_started_at=period_start("monthly", utcnow()),
             )
         )
+    # As every writer of budgets does after its commit (the key may have been used already).
+    await invalidate_owner(app.state.enclava, api_key_id=api_key_id)
 
 
 def upstream_messages(upstream: Simulator) -> list[list[dict[str, Any]]]:
@@ -402,3 +399,39 @@ async def test_dashboard_users_chat_with_their_own_chatbots(
         setup["owner"]["id"],
         None,
     )
+
+
+async def test_an_unreachable_budget_store_refuses_calls_with_503(
+    make_app: StartApp, upstream: Simulator
+) -> None:
+    """Fail closed: an instance whose Redis is down reserves nothing and calls no model."""
+    from enclava.auth import service as auth
+    from enclava.auth.tokens import create_access_token
+
+    # A port where nothing listens; rate limits off, so the budget is the first to need Redis.
+    app, client = await make_app(redis_url="redis://127.0.0.1:9/0", rate_limit_enabled=False)
+    async with transaction(app.state.enclava.session_factory) as session:
+        user = await auth.create_user(session, email="b@example.com", password="long enough")
+        user_id = user.id
+    headers = {"Authorization": f"Bearer {create_access_token(TEST_SECRET, user_id, 60)}"}
+    created = await client.post(
+        BOTS,
+        json={"name": "Bot", "model": "chat-model", "type": "custom", "system_prompt": "Hi."},
+        headers=headers,
+    )
+    assert created.status_code == 201, created.text
+    reply = await client.post(
+        f"{BOTS}/{created.json()['id']}/chat", json={"message": "hi"}, headers=headers
+    )
+    assert reply.status_code == 503, reply.text
+    assert reply.json()["code"] == "budget_store_unavailable"
+    assert list(upstream.requests) == []
+    assert await usage_rows(app) == []
+    # A budget change is committed even so (instances pick it up when their cached budgets
+    # expire); reading what is reserved needs the store.
+    budgets = "/api-internal/v1/budgets"
+    capped = await client.post(budgets, json={"name": "cap", "limit_usd": 1}, headers=headers)
+    assert capped.status_code == 201
+    listed = await client.get(budgets, headers=headers)
+    assert listed.status_code == 503
+    assert listed.json()["code"] == "budget_store_unavailable"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -22,21 +23,59 @@ def sse_events(text: str) -> list[Any]:
     return events
 
 
+async def settled(app: Any) -> None:
+    """Wait for the settlements the app writes behind its responses."""
+    from enclava.llm.registry import get_runtime
+
+    await get_runtime(app.state.enclava).flush()
+
+
 async def usage_rows(app: Any) -> list[UsageRecord]:
+    await settled(app)
     async with transaction(app.state.enclava.session_factory) as session:
         return list(
             (await session.execute(select(UsageRecord).order_by(UsageRecord.created_at))).scalars()
         )
 
 
-async def budget(app: Any, budget_id: uuid.UUID) -> Budget:
+@dataclass(frozen=True)
+class BudgetState:
+    """A budget as it stands: its database row (limit, settled spend) and what the ledger
+    holds reserved on its current period."""
+
+    row: Budget
+    reserved_nanousd: int
+
+    @property
+    def spent_nanousd(self) -> int:
+        return self.row.spent_nanousd
+
+    @property
+    def limit_nanousd(self) -> int:
+        return self.row.limit_nanousd
+
+
+async def reserved_in_ledger(app: Any, row: Budget) -> int:
+    from enclava.budgets.ledger import counter_name, get_ledger
+    from enclava.budgets.service import current_period_starts
+
+    start = current_period_starts()[row.period]
+    [reserved] = await get_ledger(app.state.enclava).reserved(
+        [counter_name(row.id, row.period, start)]
+    )
+    return reserved
+
+
+async def budget(app: Any, budget_id: uuid.UUID) -> BudgetState:
+    await settled(app)
     async with transaction(app.state.enclava.session_factory) as session:
         row = await session.get(Budget, budget_id)
         assert row is not None
-        return row
+    return BudgetState(row, await reserved_in_ledger(app, row))
 
 
 async def usage_cost_sum(app: Any) -> int:
+    await settled(app)
     async with transaction(app.state.enclava.session_factory) as session:
         return int(
             await session.scalar(select(func.coalesce(func.sum(UsageRecord.cost_nanousd), 0))) or 0
@@ -52,6 +91,7 @@ async def add_budget(
     **fields: Any,
 ) -> uuid.UUID:
     from enclava.budgets.periods import period_start
+    from enclava.budgets.service import invalidate_owner
     from enclava.kit.time import utcnow
 
     async with transaction(app.state.enclava.session_factory) as session:
@@ -62,13 +102,19 @@ async def add_budget(
             period=fields.pop("period", "monthly"),
             limit_nanousd=limit_nanousd,
             spent_nanousd=0,
-            reserved_nanousd=0,
             period_started_at=period_start("monthly", utcnow()),
             **fields,
         )
         session.add(row)
         await session.flush()
-        return row.id
+        budget_id = row.id
+    # As every writer of budgets does after its commit (the owner may have made calls already).
+    owner_id = subject_or_owner["id"]
+    if key:
+        await invalidate_owner(app.state.enclava, api_key_id=owner_id)
+    else:
+        await invalidate_owner(app.state.enclava, user_id=owner_id)
+    return budget_id
 
 
 from collections.abc import AsyncIterator  # noqa: E402

@@ -210,10 +210,11 @@ async def test_client_closing_a_real_stream_settles_what_was_delivered(
                     seen += 1
                 if seen == 3:
                     break  # the client goes away mid-stream
-        # The server notices the disconnect, stops the upstream and settles.
+        # The server notices the disconnect, stops the upstream and settles (the usage row
+        # is committed first, then the reservation is released in the ledger).
         for _ in range(200):
             rows = await usage_rows(app)
-            if rows:
+            if rows and (await budget(app, budget_id)).reserved_nanousd == 0:
                 break
             await asyncio.sleep(0.05)
     [row] = rows

@@ -4,16 +4,15 @@ pays for ingestion, the searcher for the query, and a budget can stop both."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from enclava.config import Settings
 from enclava.db import transaction
 from enclava.kit.time import utcnow
-from enclava.models import Budget, UsageRecord
+from enclava.models import Budget
 from enclava.testing.mock_upstream import Simulator
+from tests.llm.helpers import usage_rows
 from tests.rag.conftest import RagApi, running_app
 
 PROVIDERS = """
@@ -45,11 +44,6 @@ def provider_settings(
     return settings.model_copy(update={"providers_file": path})
 
 
-async def _usage(app: Any) -> list[UsageRecord]:
-    async with transaction(app.state.enclava.session_factory) as session:
-        return list((await session.execute(select(UsageRecord))).scalars())
-
-
 async def test_provider_embedding_collection_is_metered(provider_settings: Settings) -> None:
     async with running_app(provider_settings) as (app, client, actors):
         user = await actors.user()
@@ -60,7 +54,7 @@ async def test_provider_embedding_collection_is_metered(provider_settings: Setti
             collection["id"], "pumps.txt", b"The pump P-100 needs new seals every 2000 hours."
         )
         assert document["status"] == "processed", document
-        ingest_rows = await _usage(app)
+        ingest_rows = await usage_rows(app)
         assert [(r.model, r.endpoint, r.status) for r in ingest_rows] == [
             ("provider-embedding", "rag.embeddings", "success")
         ]
@@ -70,7 +64,7 @@ async def test_provider_embedding_collection_is_metered(provider_settings: Setti
         assert hits.status_code == 200, hits.text
         results = hits.json()["results"]
         assert results and results[0]["document_id"] == document["id"]
-        assert len(await _usage(app)) == 2  # the query was metered too
+        assert len(await usage_rows(app)) == 2  # the query was metered too
 
 
 async def test_exhausted_budget_fails_ingestion_with_a_reason(provider_settings: Settings) -> None:

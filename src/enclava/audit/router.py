@@ -13,6 +13,7 @@ from enclava.audit import service
 from enclava.audit.repository import AuditFilter
 from enclava.audit.schemas import AuditLogPage, AuditLogRead
 from enclava.auth.dependencies import UserSubject, app_state
+from enclava.budgets.service import flush_settlements
 from enclava.db import DbSession
 
 router = APIRouter(prefix="/audit-logs", tags=["audit"])
@@ -34,6 +35,8 @@ async def list_audit_logs(
     page_size: int = Query(50, ge=1, le=500),
     format: Literal["json", "csv", "jsonl"] = "json",
 ) -> AuditLogPage | StreamingResponse:
+    # LLM calls are audited with their settlement, written behind the response.
+    await flush_settlements(app_state(request))
     requested = AuditFilter(
         user_id=user_id, action=action, resource_type=resource, start=start, end=end
     )

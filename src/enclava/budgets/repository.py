@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    String,
     Uuid,
-    and_,
     bindparam,
     case,
     func,
@@ -24,7 +24,6 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enclava.auth.subject import AuthSubject
-from enclava.budgets.periods import PERIODS, period_start
 from enclava.models import ApiKey, AuditLog, Budget, UsageRecord
 from enclava.models.base import UTCDateTime
 
@@ -68,16 +67,9 @@ async def get_key(session: AsyncSession, key_id: uuid.UUID) -> ApiKey | None:
 
 # -- the metered hot path ----------------------------------------------------------------------
 # Statements are built once with bind parameters and reused, so SQLAlchemy neither rebuilds
-# them nor recomputes their cache keys on every LLM call.
+# them nor recomputes their cache keys on every LLM call. Reservations live in the budget
+# ledger (budgets/ledger.py); the database holds definitions and settled spend.
 
-_RESERVE_COLUMNS = (
-    Budget.id,
-    Budget.period,
-    Budget.period_started_at,
-    Budget.spent_nanousd,
-    Budget.reserved_nanousd,
-    Budget.limit_nanousd,
-)
 CHARGE_COLUMNS = (
     Budget.id,
     Budget.spent_nanousd,
@@ -89,11 +81,21 @@ CHARGE_COLUMNS = (
 )
 
 
-def _owner(with_key: bool) -> Any:
-    clause = Budget.user_id == bindparam("owner_user_id")
+@cache
+def owner_budgets(with_key: bool) -> Any:
+    """The active budgets of a user (and of one of their keys), to load the ledger from."""
+    owner = Budget.user_id == bindparam("owner_user_id")
     if with_key:
-        clause = or_(clause, Budget.api_key_id == bindparam("owner_api_key_id"))
-    return and_(Budget.is_active.is_(True), clause)
+        owner = or_(owner, Budget.api_key_id == bindparam("owner_api_key_id"))
+    return select(
+        Budget.id,
+        Budget.user_id,
+        Budget.api_key_id,
+        Budget.period,
+        Budget.limit_nanousd,
+        Budget.spent_nanousd,
+        Budget.period_started_at,
+    ).where(Budget.is_active.is_(True), owner)
 
 
 def owner_params(user_id: uuid.UUID, api_key_id: uuid.UUID | None) -> dict[str, Any]:
@@ -103,98 +105,16 @@ def owner_params(user_id: uuid.UUID, api_key_id: uuid.UUID | None) -> dict[str, 
     return params
 
 
-def period_params(now: datetime) -> dict[str, Any]:
-    return {f"start_{p}": period_start(p, now) for p in PERIODS}
-
-
-def _current_period_start() -> Any:
-    return case(
-        *(
-            (Budget.period == p, bindparam(f"start_{p}", type_=UTCDateTime()))
-            for p in PERIODS
-            if p != "total"
-        ),
-        else_=bindparam("start_total", type_=UTCDateTime()),
-    )
-
-
-@cache
-def reserve_in_one_statement(with_key: bool) -> Any:
-    """PostgreSQL: lock the applicable budgets, check them all, add ``amount`` to all.
-
-    Returns one row ``(ok, n, ids)``: ``ok`` is false when any budget would go over its limit
-    or has a period to roll over (nothing was changed then)."""
-    amount = bindparam("amount", type_=BigInteger())
-    candidates = (
-        select(
-            Budget.id,
-            Budget.spent_nanousd,
-            Budget.reserved_nanousd,
-            Budget.limit_nanousd,
-            (Budget.period_started_at >= _current_period_start()).label("current"),
-        )
-        .where(_owner(with_key))
-        .with_for_update()
-        .cte("candidates")
-    )
-    fits = (
-        select(
-            func.coalesce(
-                func.bool_and(
-                    and_(
-                        candidates.c.spent_nanousd + candidates.c.reserved_nanousd + amount
-                        <= candidates.c.limit_nanousd,
-                        candidates.c.current,
-                    )
-                ),
-                true(),
-            ).label("ok"),
-            func.count().label("n"),
-        )
-        .select_from(candidates)
-        .cte("fits")
-    )
-    reserved = (
-        update(Budget)
-        .where(Budget.id.in_(select(candidates.c.id)), select(fits.c.ok).scalar_subquery())
-        .values(reserved_nanousd=Budget.reserved_nanousd + amount)
-        .returning(Budget.id)
-        .cte("reserved")
-    )
-    return select(fits.c.ok, fits.c.n, select(func.array_agg(reserved.c.id)).scalar_subquery())
-
-
-@cache
-def add_reservation(with_key: bool) -> Any:
-    """Add ``amount`` to every applicable budget; returns the new totals to check."""
-    return (
-        update(Budget)
-        .where(_owner(with_key))
-        .values(reserved_nanousd=Budget.reserved_nanousd + bindparam("amount", type_=BigInteger()))
-        .returning(*_RESERVE_COLUMNS)
-    )
-
-
-@cache
-def release_reservation() -> Any:
-    return (
-        update(Budget)
-        .where(Budget.id.in_(bindparam("budget_ids", expanding=True)))
-        .values(reserved_nanousd=Budget.reserved_nanousd - bindparam("amount", type_=BigInteger()))
-    )
-
-
-@cache
-def roll_period() -> Any:
-    return (
-        update(Budget)
-        .where(Budget.id == bindparam("budget_id"))
-        .values(
-            spent_nanousd=0,
-            notified_threshold=0,
-            period_started_at=bindparam("start", type_=UTCDateTime()),
-        )
-    )
+def _charged_values(start: Any, cost: Any) -> dict[str, Any]:
+    """Add ``cost`` to ``spent``; if the row is still in an earlier period than ``start`` (the
+    period the call was reserved in), that period ended: start the new one with ``cost``.
+    (SET expressions all see the row as it was before the update.)"""
+    ended = Budget.period_started_at < start
+    return {
+        "spent_nanousd": case((ended, cost), else_=Budget.spent_nanousd + cost),
+        "notified_threshold": case((ended, 0), else_=Budget.notified_threshold),
+        "period_started_at": case((ended, start), else_=Budget.period_started_at),
+    }
 
 
 def insert_rows(kind: str) -> Any:
@@ -204,13 +124,15 @@ def insert_rows(kind: str) -> Any:
 
 @cache
 def charge_one() -> Any:
-    """SQLite (no ``UPDATE ... FROM (VALUES ...)`` with column aliases): one budget's charge."""
+    """SQLite (no ``UPDATE ... FROM (VALUES ...)`` with column aliases): one budget's charge.
+    Only a budget still of the period kind the call was reserved under is charged."""
     return (
         update(Budget)
-        .where(Budget.id == bindparam("budget_id"))
+        .where(Budget.id == bindparam("budget_id"), Budget.period == bindparam("charge_period"))
         .values(
-            reserved_nanousd=Budget.reserved_nanousd - bindparam("released", type_=BigInteger()),
-            spent_nanousd=Budget.spent_nanousd + bindparam("cost", type_=BigInteger()),
+            **_charged_values(
+                bindparam("start", type_=UTCDateTime()), bindparam("cost", type_=BigInteger())
+            )
         )
         .returning(*CHARGE_COLUMNS)
     )
@@ -279,19 +201,17 @@ def settle_batch_in_one_statement(with_charges: bool, with_audit: bool) -> Any:
     charges = (
         func.unnest(
             bindparam("charge_ids", type_=ARRAY(Uuid())),
-            bindparam("charge_released", type_=ARRAY(BigInteger())),
+            bindparam("charge_periods", type_=ARRAY(String())),
+            bindparam("charge_starts", type_=ARRAY(UTCDateTime())),
             bindparam("charge_cost", type_=ARRAY(BigInteger())),
         )
-        .table_valued("budget_id", "released", "cost")
+        .table_valued("budget_id", "period", "start", "cost")
         .render_derived(name="charges")
     )
     charged = (
         update(Budget)
-        .where(Budget.id == charges.c.budget_id)
-        .values(
-            reserved_nanousd=Budget.reserved_nanousd - charges.c.released,
-            spent_nanousd=Budget.spent_nanousd + charges.c.cost,
-        )
+        .where(Budget.id == charges.c.budget_id, Budget.period == charges.c.period)
+        .values(**_charged_values(charges.c.start, charges.c.cost))
         .returning(*CHARGE_COLUMNS)
         .cte("charged")
     )
@@ -301,13 +221,14 @@ def settle_batch_in_one_statement(with_charges: bool, with_audit: bool) -> Any:
 def batch_params(
     usage_rows: list[dict[str, Any]],
     audit_rows: list[dict[str, Any]],
-    charges: dict[uuid.UUID, list[int]],
+    charges: dict[tuple[uuid.UUID, str], tuple[datetime, int]],
 ) -> dict[str, Any]:
     params: dict[str, Any] = {f"u_{n}": [row[n] for row in usage_rows] for n in USAGE_COLUMNS}
     if audit_rows:
         params.update({f"a_{n}": [row[n] for row in audit_rows] for n in AUDIT_COLUMNS})
     if charges:
-        params["charge_ids"] = list(charges)
-        params["charge_released"] = [released for released, _ in charges.values()]
+        params["charge_ids"] = [budget_id for budget_id, _ in charges]
+        params["charge_periods"] = [period for _, period in charges]
+        params["charge_starts"] = [start for start, _ in charges.values()]
         params["charge_cost"] = [cost for _, cost in charges.values()]
     return params

@@ -1,13 +1,13 @@
 """Budgets: reserve the worst case before an LLM call, settle to the real cost after.
 
-``reserve`` is one ``UPDATE ... RETURNING`` over every active budget that applies to the caller
-(the key's and its owner's): it adds the amount to ``reserved`` and commits only if every
-budget still has ``spent + reserved <= limit``, else rolls back. PostgreSQL's row locks (and
-SQLite's single writer) make concurrent reservations serialise on the budget rows, so no
-interleaving of requests on any number of instances can overspend.
-``settle`` moves the reservation to ``spent`` at the real cost and writes the usage row in the
-same transaction. Money is integer nano-dollars. If the database cannot be reached the call is
-refused (fail closed). See docs/decisions/0002-money-and-budgets.md.
+``reserve`` is one atomic step on the budget ledger (budgets/ledger.py: a Lua script on Redis,
+plain synchronous code in memory) over every active budget that applies to the caller (the
+key's and its owner's): it adds the amount to each one's ``reserved`` only if every one still
+has ``spent + reserved + amount <= limit``, else changes nothing. The ledger loads lazily from
+the database, which stays the durable record. ``settle`` writes the usage row and charges the
+real cost to ``spent_nanousd`` in one database transaction, then releases the reservation in
+the ledger. Money is integer nano-dollars. If the ledger or the database cannot be reached the
+call is refused (fail closed). See docs/decisions/0009-budget-ledger.md.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -27,30 +27,36 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from enclava.auth.subject import AuthSubject
 from enclava.budgets import repository
+from enclava.budgets.ledger import (
+    BudgetLedger,
+    CounterLoad,
+    Outcome,
+    Owner,
+    OwnerLoad,
+    counter_name,
+    get_ledger,
+    unavailable,
+)
+from enclava.budgets.ledger import Reservation as Reservation  # what callers settle
 from enclava.budgets.periods import PERIODS, period_start
-from enclava.db import SessionFactory
+from enclava.db import SessionFactory, read_only_engine
 from enclava.errors import (
+    AppError,
     BadRequestError,
     NotFoundError,
     PermissionDeniedError,
     QuotaExceededError,
-    ServiceUnavailableError,
 )
 from enclava.kit.logging import request_id_var
 from enclava.kit.time import utcnow
 from enclava.models import Budget
+from enclava.state import AppState
 
 logger = logging.getLogger(__name__)
 
 NANOUSD_PER_USD = 1_000_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """Money held for one call; ``budget_ids`` is empty when no budget applies."""
-
-    budget_ids: tuple[uuid.UUID, ...]
-    amount_nanousd: int
+# Loads before giving up when budget definitions keep changing under a reservation.
+_MAX_LOADS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,99 +94,83 @@ def _engine(factory: SessionFactory) -> AsyncEngine:
     return engine
 
 
-def _unavailable(exc: Exception) -> ServiceUnavailableError:
-    logger.error("budget store unreachable", extra={"error": type(exc).__name__})
-    return ServiceUnavailableError(
-        "Budget store unavailable; request refused", code="budget_store_unavailable"
-    )
+_period_starts: tuple[date, dict[str, int]] | None = None
 
 
-async def reserve(
-    factory: SessionFactory,
-    subject: AuthSubject,
-    amount_nanousd: int,
-    *,
-    session: AsyncSession | None = None,
-) -> Reservation:
-    """Hold ``amount_nanousd`` on every budget that applies, or raise ``QuotaExceededError``.
+def current_period_starts(now: datetime | None = None) -> dict[str, int]:
+    """Where the current period of each kind started (unix seconds); the same all day."""
+    global _period_starts
+    now = now or utcnow()
+    today = now.astimezone(UTC).date()
+    if _period_starts is None or _period_starts[0] != today:
+        _period_starts = (today, {p: int(period_start(p, now).timestamp()) for p in PERIODS})
+    return _period_starts[1]
 
-    With ``session`` the reservation joins that session's transaction (the caller commits it
-    right away: the budget rows stay locked until then); without, it commits on its own. On
-    PostgreSQL the common case is one statement, so the rows are locked only while it runs;
-    refusals and period rollovers take the general path (``_reserve_checked``).
-    """
+
+def owners_of(subject: AuthSubject) -> tuple[Owner, ...]:
+    if subject.api_key is None:
+        return (("user", subject.user_id),)
+    return (("key", subject.api_key.id), ("user", subject.user_id))
+
+
+async def reserve(state: AppState, subject: AuthSubject, amount_nanousd: int) -> Reservation:
+    """Hold ``amount_nanousd`` on every budget that applies, or raise ``QuotaExceededError``
+    (429 ``insufficient_quota``; nothing is held then). Touches no database transaction: the
+    ledger is read from the database only when it lacks an owner's budgets or a counter."""
     if amount_nanousd < 0:
         raise ValueError("reservation amount must not be negative")
-    engine = _engine(factory)
+    ledger = get_ledger(state)
+    owners = owners_of(subject)
+    starts = current_period_starts()
+    for _ in range(_MAX_LOADS + 1):
+        outcome = await ledger.reserve(owners, amount_nanousd, starts)
+        if isinstance(outcome, Reservation):
+            return outcome
+        if outcome is Outcome.REFUSED:
+            raise QuotaExceededError(
+                "Budget exhausted: this request could cost more than the remaining budget",
+                code="insufficient_quota",
+            )
+        await _load(state, ledger, subject, owners, starts)
+    raise unavailable(RuntimeError("budget definitions kept changing while loading"))
+
+
+async def _load(
+    state: AppState,
+    ledger: BudgetLedger,
+    subject: AuthSubject,
+    owners: Sequence[Owner],
+    starts: dict[str, int],
+) -> None:
+    """Read the owners' active budgets (a pure read, outside any write transaction) and load
+    the ledger with them. The generations are read first, so an invalidation that lands
+    while the database is read makes the load skip the (possibly stale) definitions."""
+    generations = await ledger.generations(owners)
     api_key_id = subject.api_key.id if subject.api_key else None
-    with_key = api_key_id is not None
-    params = {**repository.owner_params(subject.user_id, api_key_id), "amount": amount_nanousd}
-    postgres = engine.dialect.name == "postgresql"
-    reservation: Reservation | None = None
+    statement = repository.owner_budgets(api_key_id is not None)
     try:
-        if session is not None:
-            conn = await session.connection()
-            if postgres:
-                reservation = await _reserve_in_one_statement(conn, with_key, params)
-            if reservation is None:
-                reservation = await _reserve_checked(conn, with_key, params)
-        else:
-            if postgres:
-                async with engine.connect() as conn:
-                    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    reservation = await _reserve_in_one_statement(conn, with_key, params)
-            if reservation is None:
-                async with engine.begin() as conn:
-                    reservation = await _reserve_checked(conn, with_key, params)
+        async with read_only_engine(state.engine).connect() as conn:
+            params = repository.owner_params(subject.user_id, api_key_id)
+            rows = (await conn.execute(statement, params)).all()
     except (OperationalError, DBAPIError, OSError) as exc:
-        raise _unavailable(exc) from exc
-    if reservation is _REFUSED:
-        raise QuotaExceededError(
-            "Budget exhausted: this request could cost more than the remaining budget",
-            code="insufficient_quota",
-        )
-    return reservation
-
-
-_REFUSED = Reservation((), 0)
-
-
-async def _reserve_in_one_statement(
-    conn: AsyncConnection, with_key: bool, params: dict[str, Any]
-) -> Reservation | None:
-    """PostgreSQL: ``None`` unless every budget fits and none has a period to roll over."""
-    statement = repository.reserve_in_one_statement(with_key)
-    ok, _, ids = (
-        await conn.execute(statement, {**params, **repository.period_params(utcnow())})
-    ).one()
-    return Reservation(tuple(ids or ()), params["amount"]) if ok else None
-
-
-async def _reserve_checked(
-    conn: AsyncConnection, with_key: bool, params: dict[str, Any]
-) -> Reservation:
-    """Add the amount to every applicable budget, rolling over ended periods, and take it back
-    if any budget is then over its limit (``_REFUSED``). The rows stay locked by the update
-    until the transaction ends, so the check and the correction are atomic with it."""
-    amount = params["amount"]
-    rows = (await conn.execute(repository.add_reservation(with_key), params)).all()
-    now = utcnow()
-    refused = False
-    for row in rows:
-        spent = row.spent_nanousd
-        start = period_start(row.period, now)
-        if row.period_started_at < start:
-            # The period ended: start a new one (in-flight reservations carry over).
-            await conn.execute(repository.roll_period(), {"budget_id": row.id, "start": start})
-            spent = 0
-        refused = refused or spent + row.reserved_nanousd > row.limit_nanousd
-    ids = tuple(r.id for r in rows)
-    if refused:
-        await conn.execute(
-            repository.release_reservation(), {"budget_ids": list(ids), "amount": amount}
-        )
-        return _REFUSED
-    return Reservation(ids, amount)
+        raise unavailable(exc) from exc
+    owner_loads = []
+    counters = []
+    for owner, generation in zip(owners, generations, strict=True):
+        kind, owner_id = owner
+        mine = [r for r in rows if (r.api_key_id if kind == "key" else r.user_id) == owner_id]
+        definitions = [
+            {"id": str(r.id), "limit": r.limit_nanousd, "period": r.period} for r in mine
+        ]
+        owner_loads.append(OwnerLoad(owner, generation, definitions))
+        for row in mine:
+            start = starts[row.period]
+            # The row's spend counts while its period is the current one (or a later one, if
+            # this instance's clock is behind: counting it then errs on the safe side).
+            current = row.period_started_at.timestamp() >= start
+            spent = row.spent_nanousd if current else 0
+            counters.append(CounterLoad(counter_name(row.id, row.period, start), row.period, spent))
+    await ledger.load(owner_loads, counters)
 
 
 @dataclass(slots=True)
@@ -194,7 +184,7 @@ class Settlement:
 
 
 async def settle(
-    factory: SessionFactory,
+    state: AppState,
     subject: AuthSubject,
     reservation: Reservation,
     cost_nanousd: int,
@@ -202,27 +192,41 @@ async def settle(
     *,
     audit: bool = False,
 ) -> list[ThresholdCrossing]:
-    """Release the reservation, charge the real cost and write the usage row (and, with
-    ``audit``, an audit row for the call), atomically."""
-    [crossings] = await settle_many(
-        factory, [Settlement(subject, reservation, cost_nanousd, usage)], audit=audit
-    )
+    """Write the usage row (and, with ``audit``, an audit row) and charge the real cost in one
+    transaction, then release the reservation in the ledger."""
+    item = Settlement(subject, reservation, cost_nanousd, usage)
+    [crossings] = await settle_many(state.session_factory, [item], audit=audit)
+    await _settle_ledger(get_ledger(state), [item])
     return crossings
+
+
+async def _settle_ledger(ledger: BudgetLedger, items: Sequence[Settlement]) -> None:
+    """After the database committed: release the reservations, count the costs. If the ledger
+    cannot be reached the reservations stay held, which errs on the safe side."""
+    try:
+        await ledger.settle(
+            [(i.reservation, i.cost_nanousd) for i in items if i.reservation.charges]
+        )
+    except AppError:
+        logger.error("settled calls still held in the budget ledger", extra={"calls": len(items)})
 
 
 async def settle_many(
     factory: SessionFactory, items: Sequence[Settlement], *, audit: bool = False
 ) -> list[list[ThresholdCrossing]]:
-    """Settle several calls in one atomic write (group commit): all usage rows (and audit
-    rows) in one multi-row insert each, and one update per budget with the sums of what the
-    calls reserved and cost. Returns each call's threshold crossings (a crossing is reported
-    to the first call that charged its budget)."""
+    """Settle several calls in the database in one atomic write (group commit): all usage rows
+    (and audit rows) in one multi-row insert each, and one update per budget with the sum of
+    what the calls cost. Returns each call's threshold crossings (a crossing is reported to
+    the first call that charged its budget). The ledger is the caller's (``settle``,
+    ``SettlementQueue``)."""
     if any(item.cost_nanousd < 0 for item in items):
         raise ValueError("cost must not be negative")
     now = utcnow()
     usage_rows = []
     audit_rows = []
-    charges: dict[uuid.UUID, list[int]] = {}
+    # Per budget and period kind: the latest period start charged and the summed cost (a
+    # batch that straddles a period boundary charges the new period, erring on the safe side).
+    charges: dict[tuple[uuid.UUID, str], tuple[datetime, int]] = {}
     first_charger: dict[uuid.UUID, int] = {}
     for index, item in enumerate(items):
         api_key_id = item.subject.api_key.id if item.subject.api_key else None
@@ -233,11 +237,12 @@ async def settle_many(
             audit_rows.append(
                 _audit_values(item.subject, api_key_id, item.cost_nanousd, item.usage, now)
             )
-        for budget_id in item.reservation.budget_ids:
-            released_and_cost = charges.setdefault(budget_id, [0, 0])
-            released_and_cost[0] += item.reservation.amount_nanousd
-            released_and_cost[1] += item.cost_nanousd
-            first_charger.setdefault(budget_id, index)
+        for charge in item.reservation.charges:
+            start = datetime.fromtimestamp(charge.period_start, UTC)
+            key = (charge.budget_id, charge.period)
+            latest, cost = charges.get(key, (start, 0))
+            charges[key] = (max(latest, start), cost + item.cost_nanousd)
+            first_charger.setdefault(charge.budget_id, index)
     engine = _engine(factory)
     crossings: list[ThresholdCrossing] = []
     if engine.dialect.name == "postgresql":
@@ -257,8 +262,13 @@ async def settle_many(
             if charges:
                 # Last, so the budget rows are held for as little as possible after it.
                 rows = []
-                for budget_id, (released, cost) in charges.items():
-                    params = {"budget_id": budget_id, "released": released, "cost": cost}
+                for (budget_id, period), (start, cost) in charges.items():
+                    params = {
+                        "budget_id": budget_id,
+                        "charge_period": period,
+                        "start": start,
+                        "cost": cost,
+                    }
                     rows.extend((await conn.execute(repository.charge_one(), params)).all())
                 crossings = await _check_thresholds(conn, rows)
     result: list[list[ThresholdCrossing]] = [[] for _ in items]
@@ -270,30 +280,58 @@ async def settle_many(
 class SettlementQueue:
     """Group commit for settlements: calls that settle while a write is in flight are
     written together by the next one, so under load the cost of a settlement is shared.
-    A lone call is written at once. Each caller gets its own result or exception."""
+    A lone call is written at once. Each caller gets its own result or exception. After each
+    database write the batch is settled in the ledger (one step for the batch); if the write
+    fails, the batch's reservations stay held in the ledger."""
 
-    def __init__(self, factory: SessionFactory, *, audit: bool, max_batch: int = 200) -> None:
+    def __init__(
+        self,
+        factory: SessionFactory,
+        ledger: BudgetLedger,
+        *,
+        audit: bool,
+        max_batch: int = 200,
+    ) -> None:
         self._factory = factory
+        self._ledger = ledger
         self._audit = audit
         self._max_batch = max_batch
         self._pending: list[tuple[Settlement, asyncio.Future[list[ThresholdCrossing]]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._in_flight = 0
 
-    async def settle(self, item: Settlement) -> list[ThresholdCrossing]:
-        future: asyncio.Future[list[ThresholdCrossing]] = asyncio.get_running_loop().create_future()
+    @property
+    def in_flight(self) -> int:
+        """Settlements submitted and not yet written (or failed)."""
+        return self._in_flight
+
+    def submit(self, item: Settlement) -> asyncio.Future[list[ThresholdCrossing]]:
+        """Queue a settlement without waiting for it: the future ends with its threshold
+        crossings once written, or with the write's exception. Cancelling the future does not
+        stop the write."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[ThresholdCrossing]] = loop.create_future()
+        self._in_flight += 1
+        future.add_done_callback(self._done)
         self._pending.append((item, future))
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write())
-        return await asyncio.shield(future)
+            self._writer = loop.create_task(self._write())
+        return future
+
+    def _done(self, _: asyncio.Future[list[ThresholdCrossing]]) -> None:
+        self._in_flight -= 1
+
+    async def settle(self, item: Settlement) -> list[ThresholdCrossing]:
+        """Queue a settlement and wait until it is written."""
+        return await asyncio.shield(self.submit(item))
 
     async def _write(self) -> None:
         while self._pending:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
+            items = [item for item, _ in batch]
             try:
-                results = await settle_many(
-                    self._factory, [item for item, _ in batch], audit=self._audit
-                )
+                results = await settle_many(self._factory, items, audit=self._audit)
             except Exception as exc:
                 if len(batch) == 1:
                     if not batch[0][1].done():
@@ -303,6 +341,7 @@ class SettlementQueue:
                 self._pending[:0] = [(item, future) for item, future in batch]
                 await self._write_one_by_one(len(batch))
                 continue
+            await _settle_ledger(self._ledger, items)
             for (_, future), crossings in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(crossings)
@@ -317,13 +356,27 @@ class SettlementQueue:
                 if not future.done():
                     future.set_exception(exc)
             else:
+                await _settle_ledger(self._ledger, [item])
                 if not future.done():
                     future.set_result(crossings)
 
     async def drain(self) -> None:
-        """Wait until everything queued is written (shutdown)."""
+        """Wait until everything queued is written (shutdown; reads that must see this
+        instance's calls, e.g. budget reads)."""
         while self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
+
+
+SETTLEMENTS_KEY = "budget_settlements"
+
+
+async def flush_settlements(state: AppState) -> None:
+    """Wait for the settlements this instance has queued, so a read that follows sees the
+    calls this instance answered (spend, usage and audit rows are written behind the
+    responses)."""
+    queue = state.extras.get(SETTLEMENTS_KEY)
+    if isinstance(queue, SettlementQueue):
+        await queue.drain()
 
 
 def _usage_values(
@@ -429,25 +482,63 @@ def report_crossings(crossings: list[ThresholdCrossing]) -> None:
 # -- managing budgets (internal API) ---------------------------------------------------------
 
 
-def to_read(budget: Budget) -> dict[str, Any]:
+async def read_budgets(
+    state: AppState, budgets: Sequence[Budget], *, created: bool = False
+) -> list[dict[str, Any]]:
+    """Budgets as the API shows them: spent from the database (0 once its period ended),
+    reserved from the ledger (0 where no call has loaded it; not read for budgets just
+    ``created``, which nothing can have reserved on yet)."""
     from enclava.llm.pricing import usd
 
-    remaining = max(0, budget.limit_nanousd - budget.spent_nanousd - budget.reserved_nanousd)
-    return {
-        "id": budget.id,
-        "name": budget.name,
-        "user_id": budget.user_id,
-        "api_key_id": budget.api_key_id,
-        "period": budget.period,
-        "limit_usd": usd(budget.limit_nanousd),
-        "spent_usd": usd(budget.spent_nanousd),
-        "reserved_usd": usd(budget.reserved_nanousd),
-        "remaining_usd": usd(remaining),
-        "soft_thresholds": list(budget.soft_thresholds or []),
-        "is_active": budget.is_active,
-        "period_started_at": budget.period_started_at,
-        "created_at": budget.created_at,
-    }
+    starts = current_period_starts()
+    counters = [counter_name(b.id, b.period, starts[b.period]) for b in budgets]
+    ledger = get_ledger(state)
+    reserved = [0] * len(budgets) if created else await ledger.reserved(counters)
+    result = []
+    for budget, held in zip(budgets, reserved, strict=True):
+        start = starts[budget.period]
+        current = budget.period_started_at.timestamp() >= start
+        spent = budget.spent_nanousd if current else 0
+        remaining = max(0, budget.limit_nanousd - spent - held)
+        result.append(
+            {
+                "id": budget.id,
+                "name": budget.name,
+                "user_id": budget.user_id,
+                "api_key_id": budget.api_key_id,
+                "period": budget.period,
+                "limit_usd": usd(budget.limit_nanousd),
+                "spent_usd": usd(spent),
+                "reserved_usd": usd(held),
+                "remaining_usd": usd(remaining),
+                "soft_thresholds": list(budget.soft_thresholds or []),
+                "is_active": budget.is_active,
+                "period_started_at": (
+                    budget.period_started_at if current else datetime.fromtimestamp(start, UTC)
+                ),
+                "created_at": budget.created_at,
+            }
+        )
+    return result
+
+
+async def invalidate_owner(
+    state: AppState, *, user_id: uuid.UUID | None = None, api_key_id: uuid.UUID | None = None
+) -> None:
+    """Make every instance sharing the ledger reload this owner's budgets on its next call.
+    Call after the change is committed."""
+    if api_key_id is not None:
+        owner: Owner = ("key", api_key_id)
+    elif user_id is not None:
+        owner = ("user", user_id)
+    else:
+        raise ValueError("a budget owner is a user or an API key")
+    try:
+        await get_ledger(state).invalidate_owner(owner)
+    except AppError:
+        # The change is committed; instances use the old definitions until they expire
+        # (ledger.DEFINITIONS_TTL_S). Reservations fail closed while the store is down.
+        logger.error("budget ledger invalidation failed", extra={"owner": owner[0]})
 
 
 def _nanousd(amount: Any) -> int:
@@ -498,7 +589,6 @@ async def create_budget(
         period=period,
         limit_nanousd=_nanousd(limit_usd),
         spent_nanousd=0,
-        reserved_nanousd=0,
         period_started_at=period_start(period, utcnow()),
         soft_thresholds=sorted(set(soft_thresholds or [])),
         notified_threshold=0,
@@ -597,7 +687,7 @@ async def update_budget(
     if "soft_thresholds" in values:
         values["notified_threshold"] = 0
     if values:
-        # Columnwise UPDATE: concurrent reservations keep changing spent/reserved.
+        # Columnwise UPDATE: concurrent settlements keep changing spent.
         await session.execute(
             update(Budget)
             .where(Budget.id == budget.id)
@@ -616,7 +706,10 @@ async def update_budget(
     return budget
 
 
-async def delete_budget(session: AsyncSession, subject: AuthSubject, budget_id: uuid.UUID) -> None:
+async def delete_budget(
+    session: AsyncSession, subject: AuthSubject, budget_id: uuid.UUID
+) -> Budget:
+    """Delete a budget; returns it (for its owner, to invalidate after the commit)."""
     from sqlalchemy import delete
 
     from enclava.audit.service import record
@@ -631,3 +724,4 @@ async def delete_budget(session: AsyncSession, subject: AuthSubject, budget_id: 
         resource_type="budget",
         resource_id=budget_id,
     )
+    return budget

@@ -6,14 +6,15 @@ cost with its usage row. The public API, the dashboard, chatbots and workflows a
 functions directly; see docs/gateway.md.
 
 Callers must not hold an open database transaction across a call (on SQLite any transaction
-holds the write lock): reservation and settlement run in short transactions of their own, and
-streamed answers outlive the caller's request.
+holds the write lock): settlement runs in a short transaction of its own (the reservation is on
+the budget ledger, not in the database), and streamed answers outlive the caller's request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -32,7 +33,6 @@ from enclava.errors import (
     BadRequestError,
     NotFoundError,
     PermissionDeniedError,
-    QuotaExceededError,
     RateLimitError,
     ServiceUnavailableError,
     UpstreamError,
@@ -295,28 +295,17 @@ def _client_error(exc: ProviderError) -> AppError:
 async def _reserve(
     state: AppState, subject: AuthSubject, amount: int, session: AsyncSession | None
 ) -> Reservation:
-    if session is not None and state.engine.dialect.name != "sqlite":
-        # PostgreSQL: end the caller's transaction first and reserve in one auto-committed
-        # statement, so the budget rows are not locked across a round trip and a loop turn.
-        # SQLite: the caller's transaction already holds the single write lock, so joining it
-        # saves a whole transaction.
+    if session is not None:
+        # The reservation is on the budget ledger, not in the database: end the caller's
+        # transaction now so none is held across the upstream call.
         await session.commit()
-        session = None
-    if session is None:
-        return await budgets.reserve(state.session_factory, subject, amount)
-    try:
-        reservation = await budgets.reserve(state.session_factory, subject, amount, session=session)
-    except QuotaExceededError:
-        await session.commit()  # a refusal changes nothing; keep the loaded subject usable
-        raise
-    except AppError:
-        await session.rollback()
-        raise
-    await session.commit()
-    return reservation
+    return await budgets.reserve(state, subject, amount)
 
 
 # -- settlement -------------------------------------------------------------------------------
+
+# Settlements written behind the response, per instance, before callers wait for theirs.
+MAX_SETTLEMENTS_IN_FLIGHT = 2000
 
 
 async def _settle(
@@ -326,32 +315,35 @@ async def _settle(
     cost: int,
     usage: UsageData,
 ) -> None:
-    """Settle in a task of its own, so a cancelled caller (client disconnect) cannot stop it."""
-    runtime = get_runtime(state)
-    task = asyncio.get_running_loop().create_task(
-        _settle_now(state, subject, reservation, cost, usage)
-    )
-    runtime.keep(task)
-    await asyncio.shield(task)
-
-
-async def _settle_now(
-    state: AppState,
-    subject: AuthSubject,
-    reservation: Reservation | None,
-    cost: int,
-    usage: UsageData,
-) -> None:
+    """Queue the settlement without waiting for it: the response goes out while the
+    settlement joins the next group commit, and a cancelled caller (client disconnect) cannot
+    stop it. The reservation keeps the money held until then, so budgets stay exact. When more
+    settlements are in flight than ``MAX_SETTLEMENTS_IN_FLIGHT`` (the database is slow or
+    down), callers wait for theirs: memory stays bounded and callers slow down instead of the
+    backlog growing."""
+    queue = get_runtime(state).settlements
     item = budgets.Settlement(subject, reservation or Reservation((), 0), cost, usage)
-    try:
-        crossings = await get_runtime(state).settlements.settle(item)
-    except Exception:
+    future = queue.submit(item)
+    future.add_done_callback(functools.partial(_settled, usage, cost))
+    if queue.in_flight > MAX_SETTLEMENTS_IN_FLIGHT:
+        await asyncio.wait([future])
+
+
+def _settled(
+    usage: UsageData, cost: int, future: asyncio.Future[list[budgets.ThresholdCrossing]]
+) -> None:
+    if future.cancelled():
+        return
+    exc = future.exception()
+    if exc is not None:
         # The reservation stays held, so the budget errs on the safe side; the row is lost.
-        logger.exception(
+        logger.error(
             "settlement failed",
+            exc_info=exc,
             extra={"model": usage.model, "request_id": usage.request_id, "cost_nanousd": cost},
         )
         return
+    crossings = future.result()
     if crossings:
         budgets.report_crossings(crossings)
 
@@ -400,8 +392,8 @@ async def chat_completion(
     subject must hold (``None`` when the caller checked its own, e.g. ``chatbot.use``).
     ``confidential_only`` restricts this call (and its fallbacks) to confidential providers on
     top of the subject's own restriction. ``session``: the caller's open request session; the
-    reservation joins its transaction and the gateway COMMITS it before calling the provider
-    (one transaction fewer per call, and no transaction held across the upstream call).
+    gateway COMMITS it before reserving and calling the provider (no transaction held across
+    the upstream call).
     Without it, commit your own transaction before calling. Returns a settled ``ChatResult``, or for
     ``stream: true`` a ``ChatStream`` that settles when it ends or is closed. Raises ``AppError``
     subclasses (OpenAI-shaped under /api/v1).

@@ -103,17 +103,23 @@ class LLMRuntime:
                 description=model.description,
                 config=model,
             )
-        # Settlements that must finish even if the request that started them is cancelled.
+        # Work that must finish even if the request that started it is cancelled (closing a
+        # stream and settling it).
         self.pending: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         for provider in self.providers.values():
             await provider.start()
 
+    async def flush(self) -> None:
+        """Wait until every settlement this instance started is written (streams being closed
+        settle when they finish closing)."""
+        while self.pending:
+            await asyncio.wait(list(self.pending))
+        await self.settlements.drain()
+
     async def aclose(self) -> None:
-        if self.pending:
-            await asyncio.wait(list(self.pending), timeout=10)
-        await asyncio.wait_for(self.settlements.drain(), timeout=10)
+        await asyncio.wait_for(self.flush(), timeout=10)
         for provider in self.providers.values():
             await provider.aclose()
         if self.embedder is not None:

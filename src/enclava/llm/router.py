@@ -1,9 +1,9 @@
 """OpenAI-compatible endpoints under /api/v1: chat completions, embeddings, models, status.
 
 Bodies are read and written with orjson and passed through as dicts (the whole OpenAI request
-surface reaches the provider). The budget reservation joins the request's transaction, which
-the gateway commits before calling the provider, so no database connection is held while the
-upstream answers.
+surface reaches the provider). The completion and embeddings routes open no request session:
+the gateway reserves, settles and records on its own, and no database connection is held while
+the upstream answers.
 """
 
 from __future__ import annotations
@@ -95,22 +95,18 @@ async def _events(stream: ChatStream) -> AsyncIterator[bytes]:
 
 
 @router.post("/chat/completions", openapi_extra=_JSON_BODY, summary="Create a chat completion")
-async def chat_completions(request: Request, session: DbSession, subject: ChatSubject) -> Response:
+async def chat_completions(request: Request, subject: ChatSubject) -> Response:
     body = await _json_body(request)
-    # The reservation joins the request's transaction, which the gateway commits before the
-    # upstream call.
-    result = await gateway.chat_completion(app_state(request), subject, body, session=session)
+    result = await gateway.chat_completion(app_state(request), subject, body)
     if isinstance(result, ChatStream):
         return SSEResponse(result)
     return _json(result.body, result.headers())
 
 
 @router.post("/embeddings", openapi_extra=_JSON_BODY, summary="Create embeddings")
-async def create_embeddings(
-    request: Request, session: DbSession, subject: EmbeddingsSubject
-) -> Response:
+async def create_embeddings(request: Request, subject: EmbeddingsSubject) -> Response:
     body = await _json_body(request)
-    result = await gateway.embeddings(app_state(request), subject, body, session=session)
+    result = await gateway.embeddings(app_state(request), subject, body)
     return _json(result.body, result.headers())
 
 

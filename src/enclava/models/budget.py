@@ -13,7 +13,9 @@ class Budget(IdMixin, TimestampMixin, Base):
     """A spending limit for a user or an API key over a period.
 
     Money is held in integer nano-dollars (1e-9 USD) so that reservations and settlements are
-    exact sums; see docs/decisions/0002-money-and-budgets.md.
+    exact sums; see docs/decisions/0002-money-and-budgets.md. ``spent_nanousd`` is what settled
+    calls cost in the period that started at ``period_started_at``; what in-flight calls hold
+    reserved lives in the budget ledger (docs/decisions/0009-budget-ledger.md).
     """
 
     __tablename__ = "budgets"
@@ -32,7 +34,6 @@ class Budget(IdMixin, TimestampMixin, Base):
     period: Mapped[str] = mapped_column(String(16), default="monthly")
     limit_nanousd: Mapped[int] = mapped_column(BigInteger)
     spent_nanousd: Mapped[int] = mapped_column(BigInteger, default=0)
-    reserved_nanousd: Mapped[int] = mapped_column(BigInteger, default=0)
     period_started_at: Mapped[datetime]
     # Percentages of the limit at which ``budget.threshold_exceeded`` fires, e.g. [50, 80, 95].
     soft_thresholds: Mapped[list[int]] = mapped_column(JSONType, default=list)

@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 4c61ed57848e
+Revision ID: ec94d99c967b
 Revises:
-Create Date: 2026-11-26 13:14:27.054529
+Create Date: 2026-11-26 14:19:43.717355
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ from alembic import op
 
 import enclava.models.base
 
-revision: str = "4c61ed57848e"
+revision: str = "ec94d99c967b"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -207,7 +207,6 @@ def upgrade() -> None:
         sa.Column("period", sa.String(length=16), nullable=False),
         sa.Column("limit_nanousd", sa.BigInteger(), nullable=False),
         sa.Column("spent_nanousd", sa.BigInteger(), nullable=False),
-        sa.Column("reserved_nanousd", sa.BigInteger(), nullable=False),
         sa.Column(
             "period_started_at", enclava.models.base.UTCDateTime(timezone=True), nullable=False
         ),
