@@ -11,7 +11,9 @@ sliding-window-counter strategy), except for moving windows on Redis: there one 
 checks every window of the policy, counts the request in all of them only if all admit it, and
 returns each window's usage for the headers, atomically in one round trip. It keeps the data
 exactly as ``limits``' moving window does (same keys, same lists of timestamps), so either can
-read what the other wrote.
+read what the other wrote. In process memory the limiter is ``limits``' synchronous one: its
+operations never wait on anything, and its asyncio twin hands each window's expiry scan to a
+thread on every call (~10 times slower per request, measured in docs/benchmarks.md).
 
 The authentication dependencies call :func:`enforce`, so every endpoint that names a subject
 (``ApiKeySubject``, ``require_scopes(...)``, ``UserSubject``, ``AdminSubject``) is limited.
@@ -26,13 +28,16 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from limits import RateLimitItem, RateLimitItemPerHour, RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits import storage as local_storage
+from limits import strategies as local_strategies
+from limits.aio.storage import RedisStorage, Storage
 from limits.aio.strategies import (
     MovingWindowRateLimiter,
     RateLimiter,
     SlidingWindowCounterRateLimiter,
 )
 from limits.errors import StorageError
+from limits.util import WindowStats
 from redis.exceptions import RedisError
 
 from enclava.auth.subject import AuthSubject
@@ -147,13 +152,26 @@ class RequestRateLimiter:
     """Counts hits against every window of a policy; refuses the first window that is full."""
 
     def __init__(
-        self, storage: Storage, strategy: str, redis: aioredis.Redis | None = None
+        self,
+        storage: Storage | local_storage.MemoryStorage,
+        strategy: str,
+        redis: aioredis.Redis | None = None,
     ) -> None:
-        self._limiter: RateLimiter = (
-            SlidingWindowCounterRateLimiter(storage)
-            if strategy == "sliding-window-counter"
-            else MovingWindowRateLimiter(storage)
-        )
+        self._limiter: RateLimiter | None = None
+        self._local: local_strategies.RateLimiter | None = None
+        sliding = strategy == "sliding-window-counter"
+        if isinstance(storage, local_storage.MemoryStorage):
+            self._local = (
+                local_strategies.SlidingWindowCounterRateLimiter(storage)
+                if sliding
+                else local_strategies.MovingWindowRateLimiter(storage)
+            )
+        else:
+            self._limiter = (
+                SlidingWindowCounterRateLimiter(storage)
+                if sliding
+                else MovingWindowRateLimiter(storage)
+            )
         self._moving_windows = (
             redis.register_script(_MOVING_WINDOWS_SCRIPT)
             if redis is not None and strategy == "moving-window"
@@ -162,7 +180,7 @@ class RequestRateLimiter:
 
     @classmethod
     def create(cls, settings: Settings, cache: Cache) -> RequestRateLimiter:
-        storage: Storage
+        storage: Storage | local_storage.MemoryStorage
         redis = None
         if isinstance(cache, RedisCache) and settings.redis_url:
             # Shares the cache's connection pool, which the lifespan closes.
@@ -175,7 +193,7 @@ class RequestRateLimiter:
                 connection_pool=redis.connection_pool,  # type: ignore[arg-type]
             )
         else:
-            storage = MemoryStorage()
+            storage = local_storage.MemoryStorage()
         return cls(storage, settings.rate_limit_strategy, redis)
 
     async def hit(self, policy: Policy) -> WindowUsage:
@@ -187,7 +205,9 @@ class RequestRateLimiter:
         refused by the hour stays counted in the minute: the error is on the safe side.
         """
         try:
-            if self._moving_windows is not None:
+            if self._local is not None:
+                refused, usages = self._hit_local(policy)
+            elif self._moving_windows is not None:
                 refused, usages = await self._hit_moving_windows(policy)
             else:
                 refused, usages = await self._hit_windows(policy)
@@ -228,7 +248,19 @@ class RequestRateLimiter:
         ]
         return None, usages
 
+    def _hit_local(self, policy: Policy) -> tuple[RateLimitItem | None, list[WindowUsage]]:
+        assert self._local is not None
+        for window in policy.windows:
+            if not self._local.hit(window, policy.identity):
+                return window, [self._local_usage(window, policy.identity)]
+        return None, [self._local_usage(w, policy.identity) for w in policy.windows]
+
+    def _local_usage(self, window: RateLimitItem, identity: str) -> WindowUsage:
+        assert self._local is not None
+        return _usage_of(window, self._local.get_window_stats(window, identity))
+
     async def _hit_windows(self, policy: Policy) -> tuple[RateLimitItem | None, list[WindowUsage]]:
+        assert self._limiter is not None
         for window in policy.windows:
             if not await self._limiter.hit(window, policy.identity):
                 return window, [await self._usage(window, policy.identity)]
@@ -236,9 +268,13 @@ class RequestRateLimiter:
         return None, [await self._usage(w, policy.identity) for w in policy.windows]
 
     async def _usage(self, window: RateLimitItem, identity: str) -> WindowUsage:
-        stats = await self._limiter.get_window_stats(window, identity)
-        reset_after = max(0, math.ceil(stats.reset_time - time.time()))
-        return WindowUsage(window.amount, max(0, stats.remaining), reset_after)
+        assert self._limiter is not None
+        return _usage_of(window, await self._limiter.get_window_stats(window, identity))
+
+
+def _usage_of(window: RateLimitItem, stats: WindowStats) -> WindowUsage:
+    reset_after = max(0, math.ceil(stats.reset_time - time.time()))
+    return WindowUsage(window.amount, max(0, stats.remaining), reset_after)
 
 
 def _moving_usage(window: RateLimitItem, count: int, oldest: float, now: float) -> WindowUsage:
