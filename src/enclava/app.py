@@ -46,6 +46,8 @@ from enclava.web.router import static_files
 logger = logging.getLogger(__name__)
 
 PUBLIC_PREFIX = "/api/v1"
+# How long settlements wait to be written together (they are written behind the responses).
+SETTLEMENT_LINGER_S = 0.01
 INTERNAL_PREFIX = "/api-internal/v1"
 
 
@@ -85,7 +87,12 @@ async def _start_llm(state: AppState, stack: AsyncExitStack) -> None:
     )
     stack.push_async_callback(release_ledger)
     state.extras[budget_ledger.STATE_KEY] = ledger
-    settlements = SettlementQueue(state.session_factory, ledger, audit=settings.audit_llm_calls)
+    settlements = SettlementQueue(
+        state.session_factory,
+        ledger,
+        audit=settings.audit_llm_calls,
+        linger_s=SETTLEMENT_LINGER_S,
+    )
     state.extras[SETTLEMENTS_KEY] = settlements
     runtime = LLMRuntime(
         load_llm_config(state.settings), settlements, state.extras.get(EMBEDDER_KEY)

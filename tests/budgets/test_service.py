@@ -211,6 +211,38 @@ async def test_settlement_queue_groups_concurrent_calls_and_keeps_totals_exact(
         await service.reserve(state, subject, 1)
 
 
+async def test_settlements_arriving_one_after_another_are_written_together(
+    app: Any, actors: Actors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls that settle a moment apart (concurrency 1) share a write: the queue lingers
+    before writing. Nobody waits for it but reads that drain the queue."""
+    owner = await actors.user()
+    subject = await _subject(app, owner)
+    budget_id = await _budget(app, owner["id"], limit=100_000)
+    state = app.state.enclava
+    writes: list[int] = []
+    real = service.settle_many
+
+    async def counting(factory: Any, items: Any, **kwargs: Any) -> Any:
+        writes.append(len(items))
+        return await real(factory, items, **kwargs)
+
+    monkeypatch.setattr(service, "settle_many", counting)
+    queue = service.SettlementQueue(
+        state.session_factory, get_ledger(state), audit=False, linger_s=0.5
+    )
+    futures = []
+    for _ in range(5):
+        reservation = await service.reserve(state, subject, 100)
+        futures.append(queue.submit(service.Settlement(subject, reservation, 60, _usage())))
+        await asyncio.sleep(0.001)
+    assert writes == [] and not any(f.done() for f in futures)
+    await queue.drain()
+    assert writes == [5] and all(f.result() == [] for f in futures)
+    budget = await budget_state(app, budget_id)
+    assert (budget.spent_nanousd, budget.reserved_nanousd) == (300, 0)
+
+
 async def test_one_failing_settlement_does_not_sink_its_batch(
     app: Any, actors: Actors, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -280,9 +280,12 @@ async def settle_many(
 class SettlementQueue:
     """Group commit for settlements: calls that settle while a write is in flight are
     written together by the next one, so under load the cost of a settlement is shared.
-    A lone call is written at once. Each caller gets its own result or exception. After each
-    database write the batch is settled in the ledger (one step for the batch); if the write
-    fails, the batch's reservations stay held in the ledger."""
+    Before each write the queue lingers ``linger_s`` (unless a full batch is waiting), so
+    calls that arrive one after another are written together too: settlements are written
+    behind the responses, so nobody waits for the linger but read-your-writes reads
+    (``drain``). Each caller gets its own result or exception. After each database write the
+    batch is settled in the ledger (one step for the batch); if the write fails, the batch's
+    reservations stay held in the ledger."""
 
     def __init__(
         self,
@@ -291,8 +294,10 @@ class SettlementQueue:
         *,
         audit: bool,
         max_batch: int = 200,
+        linger_s: float = 0.0,
     ) -> None:
         self._factory = factory
+        self._linger_s = linger_s
         self._ledger = ledger
         self._audit = audit
         self._max_batch = max_batch
@@ -327,6 +332,8 @@ class SettlementQueue:
 
     async def _write(self) -> None:
         while self._pending:
+            if self._linger_s and len(self._pending) < self._max_batch:
+                await asyncio.sleep(self._linger_s)
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
             items = [item for item, _ in batch]
