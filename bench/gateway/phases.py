@@ -59,11 +59,11 @@ def _instrument() -> None:
         "auth: API key (cache; DB on a miss)", lookup.authenticate
     )
     dependencies.ratelimit.enforce = _timed("rate limit: count the request", ratelimit.enforce)  # type: ignore[attr-defined]
-    gateway._reserve = _timed("budget: reserve (+ commit request txn)", gateway._reserve)
+    gateway._reserve = _timed("budget: reserve (one step on the ledger)", gateway._reserve)
     HttpProvider.chat = _timed("provider: upstream HTTP call", HttpProvider.chat)  # type: ignore[method-assign]
-    budgets.SettlementQueue.settle = _timed(
-        OFF_PATH + "budget: settle (usage + audit + charge)", budgets.SettlementQueue.settle
-    )  # type: ignore[method-assign]
+    budgets.settle_many = _timed(
+        OFF_PATH + "settlement: one database write per batch", budgets.settle_many
+    )
 
 
 def main() -> None:
