@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 PUBLIC_PREFIX = "/api/v1"
 # How long settlements wait to be written together (they are written behind the responses).
-SETTLEMENT_LINGER_S = 0.01
+SETTLEMENT_LINGER_S = 0.05
 INTERNAL_PREFIX = "/api-internal/v1"
 
 

@@ -215,7 +215,7 @@ async def test_settlements_arriving_one_after_another_are_written_together(
     app: Any, actors: Actors, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Calls that settle a moment apart (concurrency 1) share a write: the queue lingers
-    before writing. Nobody waits for it but reads that drain the queue."""
+    before writing, and a drain (a read that must see the calls) cuts the linger short."""
     owner = await actors.user()
     subject = await _subject(app, owner)
     budget_id = await _budget(app, owner["id"], limit=100_000)
@@ -228,8 +228,9 @@ async def test_settlements_arriving_one_after_another_are_written_together(
         return await real(factory, items, **kwargs)
 
     monkeypatch.setattr(service, "settle_many", counting)
+    # A linger far longer than the test: only a drain cutting it short lets the test finish.
     queue = service.SettlementQueue(
-        state.session_factory, get_ledger(state), audit=False, linger_s=0.5
+        state.session_factory, get_ledger(state), audit=False, linger_s=600
     )
     futures = []
     for _ in range(5):
@@ -237,7 +238,7 @@ async def test_settlements_arriving_one_after_another_are_written_together(
         futures.append(queue.submit(service.Settlement(subject, reservation, 60, _usage())))
         await asyncio.sleep(0.001)
     assert writes == [] and not any(f.done() for f in futures)
-    await queue.drain()
+    await asyncio.wait_for(queue.drain(), timeout=30)
     assert writes == [5] and all(f.result() == [] for f in futures)
     budget = await budget_state(app, budget_id)
     assert (budget.spent_nanousd, budget.reserved_nanousd) == (300, 0)

@@ -13,6 +13,7 @@ call is refused (fail closed). See docs/decisions/0009-budget-ledger.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -282,10 +283,10 @@ class SettlementQueue:
     written together by the next one, so under load the cost of a settlement is shared.
     Before each write the queue lingers ``linger_s`` (unless a full batch is waiting), so
     calls that arrive one after another are written together too: settlements are written
-    behind the responses, so nobody waits for the linger but read-your-writes reads
-    (``drain``). Each caller gets its own result or exception. After each database write the
-    batch is settled in the ledger (one step for the batch); if the write fails, the batch's
-    reservations stay held in the ledger."""
+    behind the responses, so nobody waits for the linger (``drain``, for reads that must see
+    the calls and for shutdown, cuts it short). Each caller gets its own result or exception.
+    After each database write the batch is settled in the ledger (one step for the batch); if
+    the write fails, the batch's reservations stay held in the ledger."""
 
     def __init__(
         self,
@@ -304,6 +305,7 @@ class SettlementQueue:
         self._pending: list[tuple[Settlement, asyncio.Future[list[ThresholdCrossing]]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._in_flight = 0
+        self._hurry = asyncio.Event()
 
     @property
     def in_flight(self) -> int:
@@ -333,7 +335,9 @@ class SettlementQueue:
     async def _write(self) -> None:
         while self._pending:
             if self._linger_s and len(self._pending) < self._max_batch:
-                await asyncio.sleep(self._linger_s)
+                # A drain (a read that must see these calls, or shutdown) cuts it short.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), self._linger_s)
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
             items = [item for item, _ in batch]
@@ -370,8 +374,12 @@ class SettlementQueue:
     async def drain(self) -> None:
         """Wait until everything queued is written (shutdown; reads that must see this
         instance's calls, e.g. budget reads)."""
-        while self._writer is not None and not self._writer.done():
-            await asyncio.shield(self._writer)
+        self._hurry.set()
+        try:
+            while self._writer is not None and not self._writer.done():
+                await asyncio.shield(self._writer)
+        finally:
+            self._hurry.clear()
 
 
 SETTLEMENTS_KEY = "budget_settlements"
