@@ -394,9 +394,10 @@ async def chat_completion(
     top of the subject's own restriction. ``session``: the caller's open request session; the
     gateway COMMITS it before reserving and calling the provider (no transaction held across
     the upstream call).
-    Without it, commit your own transaction before calling. Returns a settled ``ChatResult``, or for
-    ``stream: true`` a ``ChatStream`` that settles when it ends or is closed. Raises ``AppError``
-    subclasses (OpenAI-shaped under /api/v1).
+    Without it, commit your own transaction before calling. Returns a ``ChatResult`` (its
+    settlement queued and written behind the answer), or for ``stream: true`` a ``ChatStream``
+    that settles when it ends or is closed. Raises ``AppError`` subclasses (OpenAI-shaped
+    under /api/v1).
     """
     runtime = get_runtime(state)
     _validate_chat(body)
