@@ -13,12 +13,9 @@ the budget ledger, not in the database), and streamed answers outlive the caller
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +36,13 @@ from enclava.errors import (
 )
 from enclava.kit.logging import request_id_var
 from enclava.llm import pricing
+from enclava.llm.metering import charge, elapsed_ms, settle, usage_tokens
 from enclava.llm.registry import LLMRuntime, ModelEntry, get_runtime
 from enclava.llm.resilience import ProviderError, backoff_delay
+from enclava.llm.streaming import ChatStream
 from enclava.state import AppState
+
+__all__ = ["ChatResult", "ChatStream", "EmbeddingResult", "chat_completion", "embeddings"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ MAX_N = 16
 
 @dataclass(slots=True)
 class ChatResult:
-    """A finished, settled chat completion (``body`` is the OpenAI ``chat.completion``)."""
+    """A finished chat completion, its settlement queued (``body`` is the OpenAI
+    ``chat.completion``)."""
 
     body: dict[str, Any]
     model: str
@@ -302,76 +304,6 @@ async def _reserve(
     return await budgets.reserve(state, subject, amount)
 
 
-# -- settlement -------------------------------------------------------------------------------
-
-# Settlements written behind the response, per instance, before callers wait for theirs.
-MAX_SETTLEMENTS_IN_FLIGHT = 2000
-
-
-async def _settle(
-    state: AppState,
-    subject: AuthSubject,
-    reservation: Reservation | None,
-    cost: int,
-    usage: UsageData,
-) -> None:
-    """Queue the settlement without waiting for it: the response goes out while the
-    settlement joins the next group commit, and a cancelled caller (client disconnect) cannot
-    stop it. The reservation keeps the money held until then, so budgets stay exact. When more
-    settlements are in flight than ``MAX_SETTLEMENTS_IN_FLIGHT`` (the database is slow or
-    down), callers wait for theirs: memory stays bounded and callers slow down instead of the
-    backlog growing."""
-    queue = get_runtime(state).settlements
-    item = budgets.Settlement(subject, reservation or Reservation((), 0), cost, usage)
-    future = queue.submit(item)
-    future.add_done_callback(functools.partial(_settled, usage, cost))
-    if queue.in_flight > MAX_SETTLEMENTS_IN_FLIGHT:
-        await asyncio.wait([future])
-
-
-def _settled(
-    usage: UsageData, cost: int, future: asyncio.Future[list[budgets.ThresholdCrossing]]
-) -> None:
-    if future.cancelled():
-        return
-    exc = future.exception()
-    if exc is not None:
-        # The reservation stays held, so the budget errs on the safe side; the row is lost.
-        logger.error(
-            "settlement failed",
-            exc_info=exc,
-            extra={"model": usage.model, "request_id": usage.request_id, "cost_nanousd": cost},
-        )
-        return
-    crossings = future.result()
-    if crossings:
-        budgets.report_crossings(crossings)
-
-
-def _usage_tokens(usage: Any) -> tuple[int, int] | None:
-    if not isinstance(usage, dict):
-        return None
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens") or 0
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    return max(0, prompt), max(0, completion)
-
-
-def _charge(
-    entry: ModelEntry, reservation: Reservation | None, prompt: int, completion: int
-) -> int:
-    cost = entry.price.cost(prompt, completion)
-    if reservation is not None and cost > reservation.amount_nanousd:
-        # Only a misreporting upstream gets here: the bound makes it impossible otherwise.
-        logger.warning(
-            "usage above the reserved worst case; charge capped",
-            extra={"model": entry.id, "cost_nanousd": cost, "reserved": reservation.amount_nanousd},
-        )
-        cost = reservation.amount_nanousd
-    return cost
-
-
 # -- chat completions -------------------------------------------------------------------------
 
 
@@ -425,7 +357,7 @@ async def chat_completion(
         if isinstance(cached, dict):
             if session is not None:
                 await session.commit()
-            await _settle(
+            await settle(
                 state,
                 subject,
                 None,
@@ -463,7 +395,7 @@ async def chat_completion(
     try:
         entry, result = await _call_with_resilience(chain, call)
     except AppError as exc:
-        await _settle(
+        await settle(
             state,
             subject,
             reservation,
@@ -474,14 +406,14 @@ async def chat_completion(
                 provider=primary.provider.name,
                 status="error",
                 error_code=exc.code,
-                latency_ms=_ms(started),
+                latency_ms=elapsed_ms(started),
                 streamed=stream,
                 request_id=request_id,
             ),
         )
         raise
     except BaseException:
-        await _settle(
+        await settle(
             state,
             subject,
             reservation,
@@ -492,7 +424,7 @@ async def chat_completion(
                 provider=primary.provider.name,
                 status="cancelled",
                 error_code="cancelled",
-                latency_ms=_ms(started),
+                latency_ms=elapsed_ms(started),
                 streamed=stream,
                 request_id=request_id,
             ),
@@ -516,7 +448,7 @@ async def chat_completion(
         )
 
     response: dict[str, Any] = result
-    tokens = _usage_tokens(response.get("usage"))
+    tokens = usage_tokens(response.get("usage"))
     estimated = tokens is None
     if tokens is None:
         text = sum(
@@ -529,7 +461,7 @@ async def chat_completion(
             pricing.estimate_tokens(text),
         )
     prompt_tokens, completion_tokens = tokens
-    cost = _charge(entry, reservation, prompt_tokens, completion_tokens)
+    cost = charge(entry, reservation, prompt_tokens, completion_tokens)
     response["model"] = entry.id
     usage_body = response.get("usage") if isinstance(response.get("usage"), dict) else None
     if usage_body is None:
@@ -540,7 +472,7 @@ async def chat_completion(
         }
         response["usage"] = usage_body
     usage_body["cost_usd"] = pricing.usd(cost)
-    await _settle(
+    await settle(
         state,
         subject,
         reservation,
@@ -552,7 +484,7 @@ async def chat_completion(
             status="success",
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            latency_ms=_ms(started),
+            latency_ms=elapsed_ms(started),
             request_id=request_id,
             error_code="usage_estimated" if estimated else None,
         ),
@@ -567,186 +499,6 @@ async def chat_completion(
 def _cache_key(subject: AuthSubject, body: dict[str, Any]) -> str:
     digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return f"llm-response:{subject.user_id}:{digest}"
-
-
-def _ms(started: float) -> int:
-    return int((time.perf_counter() - started) * 1000)
-
-
-class ChatStream:
-    """A streamed chat completion: iterate OpenAI ``chat.completion.chunk`` dicts.
-
-    The upstream's model name is replaced by the served model's id; the final usage chunk (only
-    when the request asked for ``stream_options.include_usage``) carries ``usage.cost_usd``. The
-    call is settled exactly once: when the stream ends, breaks (``__anext__`` then raises an
-    ``AppError`` after settling what was delivered) or is closed early with ``aclose()`` (client
-    disconnect). Use ``async with`` or call ``aclose()`` when not iterating to the end.
-    """
-
-    def __init__(
-        self,
-        *,
-        state: AppState,
-        subject: AuthSubject,
-        entry: ModelEntry,
-        reservation: Reservation,
-        upstream: AsyncIterator[dict[str, Any]],
-        first: dict[str, Any],
-        include_usage: bool,
-        prompt_bytes: int,
-        endpoint: str,
-        started: float,
-        request_id: str | None,
-    ) -> None:
-        self.state = state
-        self.subject = subject
-        self.entry = entry
-        self.model = entry.id
-        self.provider = entry.provider.name
-        self.reservation = reservation
-        self._upstream = upstream
-        self._first: dict[str, Any] | None = first
-        self.include_usage = include_usage
-        self._prompt_bytes = prompt_bytes
-        self._endpoint = endpoint
-        self._started = started
-        self._request_id = request_id
-        self._usage: tuple[int, int] | None = None
-        self._delivered_bytes = 0
-        self._delivered_chunks = 0
-        self._sent_usage = False
-        self._settled = False
-        self._finished = False
-        self.cost_nanousd = 0
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-
-    def __aiter__(self) -> ChatStream:
-        return self
-
-    async def __aenter__(self) -> ChatStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def __anext__(self) -> dict[str, Any]:
-        while True:
-            if self._finished:
-                raise StopAsyncIteration
-            if self._first is not None:
-                chunk, self._first = self._first, None
-            else:
-                try:
-                    chunk = await self._upstream.__anext__()
-                except StopAsyncIteration:
-                    return await self._end()
-                except ProviderError as exc:
-                    self._finished = True
-                    if exc.counts_as_failure:
-                        self.entry.provider.breaker.record_failure(exc.code)
-                    await self._finish("error", exc.code)
-                    raise UpstreamError(
-                        "The upstream provider broke off the stream", code=exc.code
-                    ) from None
-            out = self._process(chunk)
-            if out is not None:
-                return out
-
-    def _process(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
-        chunk["model"] = self.model
-        usage = chunk.get("usage")
-        if usage is not None:
-            tokens = _usage_tokens(usage)
-            if tokens is not None:
-                self._usage = tokens
-            if self.include_usage and isinstance(usage, dict) and tokens is not None:
-                self._sent_usage = True
-                usage["cost_usd"] = pricing.usd(_charge(self.entry, self.reservation, *tokens))
-            else:
-                del chunk["usage"]
-                if not chunk.get("choices"):
-                    return None
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            if not isinstance(delta, dict):
-                continue
-            size = len(delta.get("content") or "") + len(delta.get("reasoning_content") or "")
-            for call in delta.get("tool_calls") or ():
-                if isinstance(call, dict):
-                    size += len(str((call.get("function") or {}).get("arguments") or ""))
-            if size:
-                self._delivered_bytes += size
-                self._delivered_chunks += 1
-        return chunk
-
-    def _estimate(self) -> tuple[int, int]:
-        if self._usage is not None:
-            return self._usage
-        completion = max(self._delivered_chunks, pricing.estimate_tokens(self._delivered_bytes))
-        return pricing.estimate_tokens(self._prompt_bytes), completion
-
-    async def _end(self) -> dict[str, Any]:
-        self._finished = True
-        estimated = self._usage is None
-        await self._finish("success", "usage_estimated" if estimated else None)
-        if self.include_usage and not self._sent_usage:
-            # The upstream sent no usage: the client still gets the (estimated) final chunk.
-            return {
-                "id": "chatcmpl-enclava",
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": self.model,
-                "choices": [],
-                "usage": {
-                    "prompt_tokens": self.prompt_tokens,
-                    "completion_tokens": self.completion_tokens,
-                    "total_tokens": self.prompt_tokens + self.completion_tokens,
-                    "cost_usd": pricing.usd(self.cost_nanousd),
-                },
-            }
-        raise StopAsyncIteration
-
-    async def _finish(self, status: str, error_code: str | None) -> None:
-        if self._settled:
-            return
-        self._settled = True
-        self.prompt_tokens, self.completion_tokens = self._estimate()
-        self.cost_nanousd = _charge(
-            self.entry, self.reservation, self.prompt_tokens, self.completion_tokens
-        )
-        usage = UsageData(
-            endpoint=self._endpoint,
-            model=self.model,
-            provider=self.provider,
-            status=status,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            latency_ms=_ms(self._started),
-            streamed=True,
-            error_code=error_code,
-            request_id=self._request_id,
-        )
-        await _settle(self.state, self.subject, self.reservation, self.cost_nanousd, usage)
-
-    async def aclose(self) -> None:
-        """Stop early (e.g. the client went away): close the upstream and settle what was
-        delivered. Safe to call more than once and from a cancelled task."""
-        if self._settled:
-            return
-        self._finished = True
-        runtime = get_runtime(self.state)
-
-        async def close_and_settle() -> None:
-            aclose = getattr(self._upstream, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(ProviderError, RuntimeError):
-                    await aclose()
-            await self._finish("cancelled", "client_disconnected")
-
-        task = asyncio.get_running_loop().create_task(close_and_settle())
-        runtime.keep(task)
-        await asyncio.shield(task)
 
 
 # -- embeddings -------------------------------------------------------------------------------
@@ -820,7 +572,7 @@ async def embeddings(
         entry, response = await _call_with_resilience(chain, call)
     except BaseException as exc:
         code = exc.code if isinstance(exc, AppError) else "cancelled"
-        await _settle(
+        await settle(
             state,
             subject,
             reservation,
@@ -831,16 +583,16 @@ async def embeddings(
                 provider=primary.provider.name,
                 status="error" if isinstance(exc, AppError) else "cancelled",
                 error_code=code,
-                latency_ms=_ms(started),
+                latency_ms=elapsed_ms(started),
                 request_id=request_id,
             ),
         )
         raise
-    tokens = _usage_tokens(response.get("usage"))
+    tokens = usage_tokens(response.get("usage"))
     prompt_tokens = (
         tokens[0] if tokens else pricing.estimate_tokens(sum(len(str(i)) for i in inputs))
     )
-    cost = _charge(entry, reservation, prompt_tokens, 0)
+    cost = charge(entry, reservation, prompt_tokens, 0)
     response["model"] = entry.id
     usage_body = response.get("usage") if isinstance(response.get("usage"), dict) else {}
     usage_body.update(
@@ -851,7 +603,7 @@ async def embeddings(
         }
     )
     response["usage"] = usage_body
-    await _settle(
+    await settle(
         state,
         subject,
         reservation,
@@ -862,7 +614,7 @@ async def embeddings(
             provider=entry.provider.name,
             status="success",
             prompt_tokens=prompt_tokens,
-            latency_ms=_ms(started),
+            latency_ms=elapsed_ms(started),
             request_id=request_id,
         ),
     )
