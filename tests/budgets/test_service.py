@@ -171,14 +171,8 @@ async def test_threshold_crossings_reach_listeners(app: Any, actors: Actors) -> 
     assert [(c.threshold_percent, c.spent_nanousd) for c in heard] == [(50, 6_000)]
 
 
-async def test_settlement_queue_groups_concurrent_calls_and_keeps_totals_exact(
-    app: Any, actors: Actors, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    owner = await actors.user()
-    subject = await _subject(app, owner)
-    budget_id = await _budget(app, owner["id"], limit=100_000, soft_thresholds=[1])
-    state = app.state.enclava
-    factory = state.session_factory
+def _count_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every settlement write from now on."""
     writes: list[int] = []
     real = service.settle_many
 
@@ -187,6 +181,18 @@ async def test_settlement_queue_groups_concurrent_calls_and_keeps_totals_exact(
         return await real(factory, items, **kwargs)
 
     monkeypatch.setattr(service, "settle_many", counting)
+    return writes
+
+
+async def test_settlement_queue_groups_concurrent_calls_and_keeps_totals_exact(
+    app: Any, actors: Actors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner = await actors.user()
+    subject = await _subject(app, owner)
+    budget_id = await _budget(app, owner["id"], limit=100_000, soft_thresholds=[1])
+    state = app.state.enclava
+    factory = state.session_factory
+    writes = _count_writes(monkeypatch)
     queue = service.SettlementQueue(factory, get_ledger(state), audit=True)
     reservations = [await service.reserve(state, subject, 1_000) for _ in range(40)]
     results = await asyncio.gather(
@@ -220,14 +226,7 @@ async def test_settlements_arriving_one_after_another_are_written_together(
     subject = await _subject(app, owner)
     budget_id = await _budget(app, owner["id"], limit=100_000)
     state = app.state.enclava
-    writes: list[int] = []
-    real = service.settle_many
-
-    async def counting(factory: Any, items: Any, **kwargs: Any) -> Any:
-        writes.append(len(items))
-        return await real(factory, items, **kwargs)
-
-    monkeypatch.setattr(service, "settle_many", counting)
+    writes = _count_writes(monkeypatch)
     # A linger far longer than the test: only a drain cutting it short lets the test finish.
     queue = service.SettlementQueue(
         state.session_factory, get_ledger(state), audit=False, linger_s=600
