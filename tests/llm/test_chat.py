@@ -247,3 +247,39 @@ async def test_no_prompt_or_completion_text_in_logs(
     assert secret_prompt not in logged
     assert "simulated" not in logged  # completion text
     assert key["key"] not in logged
+
+
+async def test_answers_go_out_before_settlement_until_too_many_are_queued(
+    app: Any,
+    client: httpx.AsyncClient,
+    actors: Actors,
+    mock_upstream: Simulator,
+    monkeypatch: Any,
+) -> None:
+    """Settlements are written behind the answer; with more queued than the bound (a stuck
+    database), a caller waits for its own instead of the backlog growing."""
+    import asyncio
+
+    from enclava.budgets import service as budgets
+    from enclava.llm import metering
+
+    key = await key_for(actors)
+    gate = asyncio.Event()
+    real = budgets.settle_many
+
+    async def stuck(factory: Any, items: Any, **kwargs: Any) -> Any:
+        await gate.wait()
+        return await real(factory, items, **kwargs)
+
+    monkeypatch.setattr(budgets, "settle_many", stuck)
+    answered = await client.post(URL, json=CHAT, headers=key["headers"])
+    assert answered.status_code == 200  # the write is stuck, the answer is not
+
+    monkeypatch.setattr(metering, "MAX_SETTLEMENTS_IN_FLIGHT", 1)
+    waiting = asyncio.create_task(client.post(URL, json=CHAT, headers=key["headers"]))
+    await asyncio.sleep(0.5)
+    assert not waiting.done()  # two queued: this caller waits for its own write
+    gate.set()
+    assert (await waiting).status_code == 200
+    rows = await usage_rows(app)
+    assert [r.status for r in rows] == ["success", "success"]
