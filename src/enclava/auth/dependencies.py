@@ -16,13 +16,14 @@ and ``subject.api_key`` are therefore detached snapshots; load the row to change
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from enclava.api_keys import lookup
 from enclava.auth import repository
-from enclava.auth.subject import AuthSubject
+from enclava.auth.subject import AuthSubject, PendingChecks
 from enclava.auth.tokens import decode_access_claims
 from enclava.db import transaction
 from enclava.errors import AuthenticationError, BadRequestError, PermissionDeniedError
@@ -91,6 +92,25 @@ async def _api_key_subject(request: Request) -> AuthSubject:
     return subject
 
 
+async def _metered_api_key_subject(request: Request) -> AuthSubject:
+    """For routes that hand the subject to the gateway: where the gateway can count the request
+    in the same round trip as its budget reservation, the count is left to it
+    (``enclava.llm.admission``); the route must call ``admission.complete`` on errors."""
+    from enclava.llm import admission
+
+    token = bearer_token(request)
+    state = app_state(request)
+    subject = await lookup.authenticate(state, token)
+    if admission.defers_rate_limit(state):
+        subject = replace(
+            subject, pending=PendingChecks(rate_limit=True, request_state=request.state)
+        )
+    request.state.subject = subject
+    if subject.pending is None:
+        await _rate_limit(request, state, subject)
+    return subject
+
+
 async def _user_subject(request: Request) -> AuthSubject:
     token = bearer_token(request)
     if lookup.looks_like_api_key(token):
@@ -131,21 +151,51 @@ class ScopeRequirement:
     async def __call__(
         self, subject: Annotated[AuthSubject, Depends(_api_key_subject)]
     ) -> AuthSubject:
+        self.check(subject)
+        return subject
+
+    def check(self, subject: AuthSubject) -> None:
         if not subject.has_scopes(*self.scopes):
             missing = sorted(set(self.scopes) - subject.scopes)
             raise PermissionDeniedError(
                 f"This API key lacks the scope(s): {', '.join(missing)}",
                 code="insufficient_scope",
             )
-        return subject
 
     def __repr__(self) -> str:
         return f"require_scopes{self.scopes!r}"
 
 
-def require_scopes(*scopes: str) -> ScopeRequirement:
+class MeteredScopeRequirement(ScopeRequirement):
+    """:class:`ScopeRequirement` for routes that pass the subject to the gateway, which may
+    count the request itself (see :func:`_metered_api_key_subject`)."""
+
+    async def __call__(  # type: ignore[override]
+        self,
+        request: Request,
+        subject: Annotated[AuthSubject, Depends(_metered_api_key_subject)],
+    ) -> AuthSubject:
+        try:
+            self.check(subject)
+        except PermissionDeniedError:
+            from enclava.llm import admission
+
+            await admission.complete(app_state(request), subject)
+            raise
+        return subject
+
+    def __repr__(self) -> str:
+        return f"require_scopes{self.scopes!r}, metered"
+
+
+def require_scopes(*scopes: str, metered: bool = False) -> ScopeRequirement:
     """An API-key dependency that also demands ``scopes``:
-    ``subject: Annotated[AuthSubject, Depends(require_scopes("llm.chat"))]``."""
+    ``subject: Annotated[AuthSubject, Depends(require_scopes("llm.chat"))]``.
+
+    ``metered=True`` is for routes that hand the subject to the gateway and call
+    ``admission.complete`` when they fail before reaching it."""
+    if metered:
+        return MeteredScopeRequirement(tuple(scopes))
     return ScopeRequirement(tuple(scopes))
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from enclava.models import ApiKey, User
 
@@ -33,6 +33,22 @@ def user_scopes(user: User) -> frozenset[str]:
     return ALL_SCOPES if user.is_active else frozenset()
 
 
+@dataclass(slots=True)
+class PendingChecks:
+    """Checks of an API-key request left to the gateway's admission, which sends them to Redis
+    in the same round trip as the budget reservation (``enclava.llm.admission``).
+
+    ``rate_limit``: the request is not counted against the key's rate limits yet.
+    ``request_state``: the request's ``state``, where the counted window's usage goes for the
+    ``X-RateLimit-*`` headers. ``done`` once admission (or ``admission.complete`` on an error
+    path) has run them: a request is counted exactly once.
+    """
+
+    rate_limit: bool = False
+    request_state: Any = None
+    done: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class AuthSubject:
     """Who is calling: a signed-in user (``kind="user"``) or an API key and its owner.
@@ -46,6 +62,8 @@ class AuthSubject:
     api_key: ApiKey | None = None
     # The sign-in session (refresh-token family) of a JWT subject, when the token carries one.
     session_id: uuid.UUID | None = None
+    # Checks still to run before this subject may spend anything (see PendingChecks).
+    pending: PendingChecks | None = field(default=None, compare=False)
 
     @property
     def user_id(self) -> uuid.UUID:

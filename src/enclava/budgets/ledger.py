@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 
 from enclava.errors import ServiceUnavailableError
 from enclava.kit.cache import Cache, RedisCache
+from enclava.kit.scripts import ScriptCall
 
 logger = logging.getLogger(__name__)
 
@@ -357,6 +358,17 @@ class RedisLedger:
     async def reserve(
         self, owners: Sequence[Owner], amount: int, starts: Mapping[str, int]
     ) -> Reservation | Outcome:
+        call = self.reserve_call(owners, amount, starts)
+        try:
+            result = await self._reserve(keys=call.keys, args=call.args)
+        except (RedisError, OSError) as exc:
+            raise unavailable(exc) from exc
+        return call.outcome(result)
+
+    def reserve_call(
+        self, owners: Sequence[Owner], amount: int, starts: Mapping[str, int]
+    ) -> ScriptCall[Reservation | Outcome]:
+        """:meth:`reserve` as a script call, for a caller that sends it in its own pipeline."""
         keys = [self._definitions_key(o) for o in owners]
         args: list[int | str] = [
             amount,
@@ -366,19 +378,20 @@ class RedisLedger:
             starts["monthly"],
             starts["total"],
         ]
-        try:
-            result = await self._reserve(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
-            raise unavailable(exc) from exc
-        status = int(result[0])
-        if status == 0:
-            return Outcome.REFUSED
-        if status == 2:
-            return Outcome.NEED_LOAD
-        charges = tuple(
-            _charge(result[i].decode(), result[i + 1].decode()) for i in range(1, len(result), 2)
-        )
-        return Reservation(charges, amount)
+
+        def outcome(result: Any) -> Reservation | Outcome:
+            status = int(result[0])
+            if status == 0:
+                return Outcome.REFUSED
+            if status == 2:
+                return Outcome.NEED_LOAD
+            charges = tuple(
+                _charge(result[i].decode(), result[i + 1].decode())
+                for i in range(1, len(result), 2)
+            )
+            return Reservation(charges, amount)
+
+        return ScriptCall(_RESERVE, keys, args, outcome)
 
     async def generations(self, owners: Sequence[Owner]) -> list[int]:
         try:

@@ -114,6 +114,13 @@ def owners_of(subject: AuthSubject) -> tuple[Owner, ...]:
     return (("key", subject.api_key.id), ("user", subject.user_id))
 
 
+def quota_exceeded() -> QuotaExceededError:
+    return QuotaExceededError(
+        "Budget exhausted: this request could cost more than the remaining budget",
+        code="insufficient_quota",
+    )
+
+
 async def reserve(state: AppState, subject: AuthSubject, amount_nanousd: int) -> Reservation:
     """Hold ``amount_nanousd`` on every budget that applies, or raise ``QuotaExceededError``
     (429 ``insufficient_quota``; nothing is held then). Touches no database transaction: the
@@ -128,10 +135,7 @@ async def reserve(state: AppState, subject: AuthSubject, amount_nanousd: int) ->
         if isinstance(outcome, Reservation):
             return outcome
         if outcome is Outcome.REFUSED:
-            raise QuotaExceededError(
-                "Budget exhausted: this request could cost more than the remaining budget",
-                code="insufficient_quota",
-            )
+            raise quota_exceeded()
         await _load(state, ledger, subject, owners, starts)
     raise unavailable(RuntimeError("budget definitions kept changing while loading"))
 

@@ -23,7 +23,6 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enclava.auth.subject import AuthSubject
-from enclava.budgets import service as budgets
 from enclava.budgets.service import Reservation, UsageData
 from enclava.errors import (
     AppError,
@@ -35,7 +34,7 @@ from enclava.errors import (
     UpstreamError,
 )
 from enclava.kit.logging import request_id_var
-from enclava.llm import pricing
+from enclava.llm import admission, pricing
 from enclava.llm.metering import charge, elapsed_ms, settle, usage_tokens
 from enclava.llm.registry import LLMRuntime, ModelEntry, get_runtime
 from enclava.llm.resilience import ProviderError, backoff_delay
@@ -301,7 +300,7 @@ async def _reserve(
         # The reservation is on the budget ledger, not in the database: end the caller's
         # transaction now so none is held across the upstream call.
         await session.commit()
-    return await budgets.reserve(state, subject, amount)
+    return await admission.admit(state, subject, amount)
 
 
 # -- chat completions -------------------------------------------------------------------------

@@ -20,13 +20,15 @@ from enclava.auth.dependencies import ApiKeySubject, app_state, require_scopes
 from enclava.auth.subject import AuthSubject
 from enclava.db import DbSession
 from enclava.errors import AppError, BadRequestError
-from enclava.llm import gateway, service
+from enclava.llm import admission, gateway, service
 from enclava.llm.gateway import ChatStream
 
 router = APIRouter(tags=["llm"])
 
-ChatSubject = Annotated[AuthSubject, Depends(require_scopes("llm.chat"))]
-EmbeddingsSubject = Annotated[AuthSubject, Depends(require_scopes("llm.embeddings"))]
+# Metered: on Redis the request is counted against its rate limits by the gateway's admission,
+# in the same round trip as the budget reservation (enclava.llm.admission).
+ChatSubject = Annotated[AuthSubject, Depends(require_scopes("llm.chat", metered=True))]
+EmbeddingsSubject = Annotated[AuthSubject, Depends(require_scopes("llm.embeddings", metered=True))]
 ModelsSubject = Annotated[AuthSubject, Depends(require_scopes("llm.models"))]
 
 _JSON_BODY: dict[str, Any] = {
@@ -96,8 +98,13 @@ async def _events(stream: ChatStream) -> AsyncIterator[bytes]:
 
 @router.post("/chat/completions", openapi_extra=_JSON_BODY, summary="Create a chat completion")
 async def chat_completions(request: Request, subject: ChatSubject) -> Response:
-    body = await _json_body(request)
-    result = await gateway.chat_completion(app_state(request), subject, body)
+    state = app_state(request)
+    try:
+        body = await _json_body(request)
+        result = await gateway.chat_completion(state, subject, body)
+    except AppError:
+        await admission.complete(state, subject)  # a refused request counts too
+        raise
     if isinstance(result, ChatStream):
         return SSEResponse(result)
     return _json(result.body, result.headers())
@@ -105,8 +112,13 @@ async def chat_completions(request: Request, subject: ChatSubject) -> Response:
 
 @router.post("/embeddings", openapi_extra=_JSON_BODY, summary="Create embeddings")
 async def create_embeddings(request: Request, subject: EmbeddingsSubject) -> Response:
-    body = await _json_body(request)
-    result = await gateway.embeddings(app_state(request), subject, body)
+    state = app_state(request)
+    try:
+        body = await _json_body(request)
+        result = await gateway.embeddings(state, subject, body)
+    except AppError:
+        await admission.complete(state, subject)
+        raise
     return _json(result.body, result.headers())
 
 

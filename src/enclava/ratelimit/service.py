@@ -25,6 +25,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from limits import RateLimitItem, RateLimitItemPerHour, RateLimitItemPerMinute
@@ -44,6 +45,7 @@ from enclava.auth.subject import AuthSubject
 from enclava.config import Settings
 from enclava.errors import RateLimitError, ServiceUnavailableError
 from enclava.kit.cache import Cache, RedisCache
+from enclava.kit.scripts import ScriptCall
 from enclava.state import AppState
 
 logger = logging.getLogger(__name__)
@@ -208,45 +210,43 @@ class RequestRateLimiter:
             if self._local is not None:
                 refused, usages = self._hit_local(policy)
             elif self._moving_windows is not None:
-                refused, usages = await self._hit_moving_windows(policy)
+                call = self.moving_windows_call(policy)
+                result = await self._moving_windows(keys=call.keys, args=call.args)
+                refused, usages = call.outcome(result)
             else:
                 refused, usages = await self._hit_windows(policy)
         except (StorageError, RedisError, OSError) as exc:
-            logger.error("rate limit store unreachable", extra={"error": type(exc).__name__})
-            raise ServiceUnavailableError(
-                "Rate limit store unavailable; request refused",
-                code="rate_limit_store_unavailable",
-            ) from exc
-        if refused is not None:
-            usage = usages[0]
-            retry_after = max(1, usage.reset_after_s)
-            raise RateLimitError(
-                f"Rate limit exceeded: {refused.amount} requests per "
-                f"{_window_name(refused)}; retry after {retry_after} s",
-                headers={"Retry-After": str(retry_after), **usage.headers()},
-            )
-        # Report the window with the fewest requests left (the shorter one on a tie).
-        return min(usages, key=lambda u: u.remaining)
+            raise store_unavailable(exc) from exc
+        return admitted_usage(refused, usages)
 
-    async def _hit_moving_windows(
+    @property
+    def counts_in_one_script(self) -> bool:
+        """Whether a hit is one Lua script on Redis, which a caller may send in a pipeline of
+        its own through :meth:`moving_windows_call` (moving windows on Redis)."""
+        return self._moving_windows is not None
+
+    def moving_windows_call(
         self, policy: Policy
-    ) -> tuple[RateLimitItem | None, list[WindowUsage]]:
-        assert self._moving_windows is not None
+    ) -> ScriptCall[tuple[RateLimitItem | None, list[WindowUsage]]]:
+        """The moving-window script's call for one hit of ``policy``, to run on Redis."""
         now = time.time()
         args: list[str | int] = [repr(now)]
         for window in policy.windows:
             args += [window.amount, window.get_expiry()]
         keys = [f"{KEY_PREFIX}:{w.key_for(policy.identity)}" for w in policy.windows]
-        result = await self._moving_windows(keys=keys, args=args)
-        refused_index = int(result[0])
-        if refused_index:
-            window = policy.windows[refused_index - 1]
-            return window, [_moving_usage(window, int(result[1]), float(result[2]), now)]
-        usages = [
-            _moving_usage(window, int(result[1 + 2 * n]), float(result[2 + 2 * n]), now)
-            for n, window in enumerate(policy.windows)
-        ]
-        return None, usages
+
+        def outcome(result: Any) -> tuple[RateLimitItem | None, list[WindowUsage]]:
+            refused_index = int(result[0])
+            if refused_index:
+                window = policy.windows[refused_index - 1]
+                return window, [_moving_usage(window, int(result[1]), float(result[2]), now)]
+            usages = [
+                _moving_usage(window, int(result[1 + 2 * n]), float(result[2 + 2 * n]), now)
+                for n, window in enumerate(policy.windows)
+            ]
+            return None, usages
+
+        return ScriptCall(_MOVING_WINDOWS_SCRIPT, keys, args, outcome)
 
     def _hit_local(self, policy: Policy) -> tuple[RateLimitItem | None, list[WindowUsage]]:
         assert self._local is not None
@@ -270,6 +270,27 @@ class RequestRateLimiter:
     async def _usage(self, window: RateLimitItem, identity: str) -> WindowUsage:
         assert self._limiter is not None
         return _usage_of(window, await self._limiter.get_window_stats(window, identity))
+
+
+def store_unavailable(exc: Exception) -> ServiceUnavailableError:
+    logger.error("rate limit store unreachable", extra={"error": type(exc).__name__})
+    return ServiceUnavailableError(
+        "Rate limit store unavailable; request refused", code="rate_limit_store_unavailable"
+    )
+
+
+def admitted_usage(refused: RateLimitItem | None, usages: list[WindowUsage]) -> WindowUsage:
+    """The usage to report for an admitted hit, or ``RateLimitError`` for a refused one."""
+    if refused is not None:
+        usage = usages[0]
+        retry_after = max(1, usage.reset_after_s)
+        raise RateLimitError(
+            f"Rate limit exceeded: {refused.amount} requests per "
+            f"{_window_name(refused)}; retry after {retry_after} s",
+            headers={"Retry-After": str(retry_after), **usage.headers()},
+        )
+    # Report the window with the fewest requests left (the shorter one on a tie).
+    return min(usages, key=lambda u: u.remaining)
 
 
 def _usage_of(window: RateLimitItem, stats: WindowStats) -> WindowUsage:

@@ -1,0 +1,155 @@
+"""Admission: every gateway request is counted against its key's rate limits exactly once and a
+refused request holds no money, whether the count runs in the authentication dependency
+(embedded) or in the gateway's one Redis round trip with the reservation (PostgreSQL + Redis)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio.client import Pipeline, Redis
+
+from enclava.llm import admission
+from enclava.testing.mock_upstream import Simulator
+from tests.conftest import BACKEND, Actors
+from tests.llm.conftest import CHAT, key_for
+from tests.llm.helpers import add_budget, budget, usage_cost_sum, usage_rows
+
+URL = "/api/v1/chat/completions"
+EMBEDDINGS = "/api/v1/embeddings"
+
+
+def _remaining(response: httpx.Response) -> int:
+    return int(response.headers["x-ratelimit-remaining"])
+
+
+async def test_a_rate_limited_call_holds_no_budget(
+    app: Any, client: httpx.AsyncClient, actors: Actors, mock_upstream: Simulator
+) -> None:
+    key = await key_for(actors, rate_limit_per_minute=2)
+    budget_id = await add_budget(app, key, 10**9, key=True)
+    answers = [await client.post(URL, json=CHAT, headers=key["headers"]) for _ in range(2)]
+    assert [r.status_code for r in answers] == [200, 200]
+    assert [_remaining(r) for r in answers] == [1, 0]
+
+    refused = await client.post(URL, json=CHAT, headers=key["headers"])
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert refused.headers["x-ratelimit-remaining"] == "0"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+
+    assert mock_upstream.total_requests == 2
+    state = await budget(app, budget_id)
+    assert state.reserved_nanousd == 0  # nothing held for the refused call
+    assert state.spent_nanousd == await usage_cost_sum(app) > 0
+    assert len(await usage_rows(app)) == 2
+
+
+async def test_requests_refused_before_the_gateway_are_counted_once(
+    client: httpx.AsyncClient, actors: Actors, mock_upstream: Simulator
+) -> None:
+    key = await key_for(actors, rate_limit_per_minute=4)
+    headers = {**key["headers"], "content-type": "application/json"}
+    malformed = await client.post(URL, content=b"{not json", headers=headers)
+    assert malformed.status_code == 400 and _remaining(malformed) == 3
+    unknown = await client.post(URL, json={**CHAT, "model": "nope"}, headers=key["headers"])
+    assert unknown.status_code == 404 and _remaining(unknown) == 2
+    embeddings = await client.post(EMBEDDINGS, content=b"[]", headers=headers)
+    assert embeddings.status_code == 400 and _remaining(embeddings) == 1
+    answered = await client.post(URL, json=CHAT, headers=key["headers"])
+    assert answered.status_code == 200 and _remaining(answered) == 0
+    refused = await client.post(URL, json=CHAT, headers=key["headers"])
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert mock_upstream.total_requests == 1
+
+
+async def test_a_missing_scope_is_counted_and_then_rate_limited(
+    client: httpx.AsyncClient, actors: Actors, mock_upstream: Simulator
+) -> None:
+    key = await key_for(actors, scopes=["llm.embeddings"], rate_limit_per_minute=1)
+    first = await client.post(URL, json=CHAT, headers=key["headers"])
+    assert first.status_code == 403 and first.json()["error"]["code"] == "insufficient_scope"
+    assert _remaining(first) == 0
+    second = await client.post(URL, json=CHAT, headers=key["headers"])
+    assert second.status_code == 429
+    assert mock_upstream.total_requests == 0
+
+
+async def test_a_budget_refusal_is_counted_against_the_rate_limit(
+    app: Any, client: httpx.AsyncClient, actors: Actors, mock_upstream: Simulator
+) -> None:
+    key = await key_for(actors, rate_limit_per_minute=2)
+    budget_id = await add_budget(app, key, 1000, key=True)  # less than any call's worst case
+    statuses = []
+    for _ in range(3):
+        response = await client.post(URL, json=CHAT, headers=key["headers"])
+        statuses.append((response.status_code, response.json()["error"]["code"]))
+    assert statuses == [
+        (429, "insufficient_quota"),
+        (429, "insufficient_quota"),
+        (429, "rate_limit_exceeded"),
+    ]
+    assert mock_upstream.total_requests == 0
+    state = await budget(app, budget_id)
+    assert (state.spent_nanousd, state.reserved_nanousd) == (0, 0)
+
+
+@contextmanager
+def redis_round_trips(redis: Redis) -> Iterator[list[list[str]]]:
+    """Every round trip the app's Redis client makes meanwhile, as the command names sent."""
+    trips: list[list[str]] = []
+    original_command = Redis.execute_command
+    original_execute = Pipeline.execute
+
+    async def command(self: Any, *args: Any, **options: Any) -> Any:
+        if self is redis:
+            trips.append([str(args[0]).upper()])
+        return await original_command(self, *args, **options)
+
+    async def execute(self: Any, raise_on_error: bool = True) -> Any:
+        trips.append([str(c[0][0]).upper() for c in self.command_stack])
+        return await original_execute(self, raise_on_error)
+
+    Redis.execute_command = command  # type: ignore[method-assign]
+    Pipeline.execute = execute  # type: ignore[method-assign]
+    try:
+        yield trips
+    finally:
+        Redis.execute_command = original_command  # type: ignore[method-assign]
+        Pipeline.execute = original_execute  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_count_and_reservation_take_one_round_trip_on_redis(
+    app: Any, client: httpx.AsyncClient, actors: Actors, mock_upstream: Simulator, stream: bool
+) -> None:
+    """On Redis a warm chat call makes two round trips before the provider: the key's cache
+    entry, then the rate-limit count and the reservation together. Embedded there is no Redis
+    and the dependency counts the request in process memory."""
+    state = app.state.enclava
+    key = await key_for(actors)
+    await add_budget(app, key, 10**9, key=True)
+    body = {**CHAT, "stream": stream}
+    assert (await client.post(URL, json=body, headers=key["headers"])).status_code == 200
+    await usage_rows(app)  # the first call loaded the budget; its settlement is written
+    if BACKEND != "postgres":
+        assert not admission.defers_rate_limit(state)
+        answered = await client.post(URL, json=body, headers=key["headers"])
+        assert answered.status_code == 200 and _remaining(answered) >= 0
+        return
+
+    assert admission.defers_rate_limit(state)
+    with redis_round_trips(state.cache.client) as trips:
+        answered = await client.post(URL, json=body, headers=key["headers"])
+    assert answered.status_code == 200
+    assert _remaining(answered) >= 0  # the count's window reached the headers
+    scripts = [t for t in trips if "EVAL" in t or "EVALSHA" in t]
+    assert trips[0] == ["GET"]  # the key's snapshot
+    assert scripts[0] == ["EVAL", "EVAL"]  # count and reservation, one pipeline
+    # Nothing else counted or reserved on its own (a settlement behind the answer may follow).
+    assert all(t == ["EVALSHA"] for t in scripts[1:]), trips
+    assert len(await usage_rows(app)) == 2
