@@ -58,8 +58,13 @@ def _instrument() -> None:
     dependencies.lookup.authenticate = _timed(  # type: ignore[attr-defined]
         "auth: API key (cache; DB on a miss)", lookup.authenticate
     )
+    # Embedded the dependency counts the request; on Redis the gateway's admission counts it
+    # in the same round trip as the reservation (enclava.llm.admission), so there is no
+    # separate rate-limit phase.
     dependencies.ratelimit.enforce = _timed("rate limit: count the request", ratelimit.enforce)  # type: ignore[attr-defined]
-    gateway._reserve = _timed("budget: reserve (one step on the ledger)", gateway._reserve)
+    gateway._reserve = _timed(
+        "admission: reserve (with the rate-limit count on Redis)", gateway._reserve
+    )
     HttpProvider.chat = _timed("provider: upstream HTTP call", HttpProvider.chat)  # type: ignore[method-assign]
     budgets.settle_many = _timed(
         OFF_PATH + "settlement: one database write per batch", budgets.settle_many
