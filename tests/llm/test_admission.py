@@ -147,9 +147,105 @@ async def test_count_and_reservation_take_one_round_trip_on_redis(
         answered = await client.post(URL, json=body, headers=key["headers"])
     assert answered.status_code == 200
     assert _remaining(answered) >= 0  # the count's window reached the headers
-    scripts = [t for t in trips if "EVAL" in t or "EVALSHA" in t]
-    assert trips[0] == ["GET"]  # the key's snapshot
-    assert scripts[0] == ["EVAL", "EVAL"]  # count and reservation, one pipeline
-    # Nothing else counted or reserved on its own (a settlement behind the answer may follow).
-    assert all(t == ["EVALSHA"] for t in scripts[1:]), trips
+    # The key's cached entry confirmed, the request counted and its worst case reserved.
+    assert trips[0] == ["GET", "EVAL", "EVAL"]
+    # Nothing else before the answer (a settlement behind it may follow).
+    assert all(t == ["EVALSHA"] for t in trips[1:]), trips
     assert len(await usage_rows(app)) == 2
+
+
+async def _change_key(app: Any, key: dict[str, Any], **values: Any) -> None:
+    """Change the key's row straight in the database, then invalidate its cache entry, as the
+    lookup module asks of such changes."""
+    from enclava.api_keys import lookup
+    from enclava.db import transaction
+    from enclava.models import ApiKey
+
+    state = app.state.enclava
+    async with transaction(state.session_factory) as session:
+        row = await session.get(ApiKey, key["id"])
+        assert row is not None
+        for name, value in values.items():
+            setattr(row, name, value)
+    await lookup.invalidate(
+        state.cache, lookup.hash_key(state.settings.secret_key_value, key["key"])
+    )
+
+
+async def test_a_revoked_key_is_refused_by_an_instance_that_holds_it_warm(
+    make_app: Any, mock_upstream: Simulator
+) -> None:
+    """Instance B served the key (and on Redis keeps a copy of its cache entry); instance A
+    revokes it; B's next call is refused with 401, holds nothing and reaches no provider.
+    Embedded instances share no cache, so there B runs with its key cache off."""
+    app_a, client_a = await make_app()
+    if BACKEND == "postgres":
+        app_b, client_b = await make_app()
+    else:
+        app_b, client_b = await make_app(api_key_cache_ttl_s=0)
+    actors = Actors(app_a, client_a)
+    key = await key_for(actors)
+    budget_id = await add_budget(app_a, key, 10**9, key=True)
+    for _ in range(2):
+        assert (await client_b.post(URL, json=CHAT, headers=key["headers"])).status_code == 200
+    revoked = await client_a.delete(
+        f"/api-internal/v1/api-keys/{key['id']}", headers=key["owner"]["headers"]
+    )
+    assert revoked.status_code == 204
+
+    # First a request that fails before admission: the refusal still comes from the key as it
+    # is now, not from B's copy of it.
+    for request in (
+        client_b.post(
+            URL,
+            content=b"{not json",
+            headers={**key["headers"], "content-type": "application/json"},
+        ),
+        client_b.post(URL, json=CHAT, headers=key["headers"]),
+        client_b.post(
+            EMBEDDINGS, json={"model": "embed-model", "input": "x"}, headers=key["headers"]
+        ),
+    ):
+        refused = await request
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "api_key_revoked"
+    assert mock_upstream.total_requests == 2
+    assert (await budget(app_b, budget_id)).reserved_nanousd == 0
+
+
+async def test_a_narrowed_key_is_refused_at_once_and_counted_once(
+    app: Any, client: httpx.AsyncClient, actors: Actors, mock_upstream: Simulator
+) -> None:
+    key = await key_for(actors, rate_limit_per_minute=10)
+    warm = await client.post(URL, json=CHAT, headers=key["headers"])
+    assert warm.status_code == 200 and _remaining(warm) == 9
+    await _change_key(app, key, allowed_models=["confidential-model"])
+
+    refused = await client.post(URL, json=CHAT, headers=key["headers"])
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "model_not_allowed"
+    assert _remaining(refused) == 8
+    allowed = await client.post(
+        URL, json={**CHAT, "model": "confidential-model"}, headers=key["headers"]
+    )
+    assert allowed.status_code == 200 and _remaining(allowed) == 7
+    assert mock_upstream.total_requests == 2
+
+
+async def test_a_widened_key_is_served_at_once_and_counted_once(
+    app: Any, client: httpx.AsyncClient, actors: Actors, mock_upstream: Simulator
+) -> None:
+    """A refusal is decided on the key as it is now: a key whose copy on this instance would
+    refuse the model is read afresh, and the call goes through."""
+    key = await key_for(actors, rate_limit_per_minute=10, allowed_models=["confidential-model"])
+    warm = await client.post(
+        URL, json={**CHAT, "model": "confidential-model"}, headers=key["headers"]
+    )
+    assert warm.status_code == 200 and _remaining(warm) == 9
+    await _change_key(app, key, allowed_models=None)
+
+    answered = await client.post(URL, json=CHAT, headers=key["headers"])
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["model"] == "chat-model"
+    assert _remaining(answered) == 8
+    assert mock_upstream.total_requests == 2

@@ -15,6 +15,13 @@ that read the database before a change committed can never install a stale snaps
 change's tombstone is written, on any instance sharing the cache. Tombstones outlive any lookup
 that could still be comparing against an older value (a lookup slower than that skips caching).
 
+On Redis each instance also keeps the exact bytes of the entries it read (:class:`NearCache`).
+:func:`authenticate_unconfirmed` answers from that copy without a round trip, and its caller
+must confirm the copy against the shared entry before the subject spends or reveals anything:
+the gateway's admission does, in the pipeline that also counts and reserves
+(``enclava.llm.admission``). A tombstone never equals a copy, so an invalidation reaches such
+calls exactly as it reaches :func:`authenticate`.
+
 A change made straight in the database (not through the services) is seen when the entry
 expires, within ``api_key_cache_ttl_s``; call :func:`invalidate_owner` or :func:`invalidate`
 after such a change to make it immediate. The database reads on a miss run outside any write
@@ -31,16 +38,17 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import orjson
 from redis.exceptions import RedisError
 from sqlalchemy import Uuid, inspect
 
 from enclava.api_keys import repository
 from enclava.api_keys.last_used import STATE_KEY as LAST_USED_KEY
 from enclava.api_keys.last_used import LastUsedRecorder
-from enclava.auth.subject import AuthSubject
+from enclava.auth.subject import AuthSubject, UnconfirmedKey
 from enclava.db import read_only_engine
 from enclava.errors import AuthenticationError, ServiceUnavailableError
-from enclava.kit.cache import Cache
+from enclava.kit.cache import Cache, RedisCache
 from enclava.kit.crypto import keyed_hash
 from enclava.kit.time import utcnow
 from enclava.models import ApiKey, User
@@ -59,6 +67,8 @@ _SNAPSHOT_VERSION = 2
 # that took longer than _MAX_CACHING_LOOKUP_S does not cache what it read.
 _TOMBSTONE_TTL_S = 600.0
 _MAX_CACHING_LOOKUP_S = 60.0
+# Where this instance's copies of key cache entries live in ``AppState.extras``.
+NEAR_CACHE_KEY = "api_key_near_cache"
 
 
 def hash_key(secret_key: str, key: str) -> str:
@@ -187,6 +197,14 @@ def _check_usable(api_key: ApiKey, owner: User) -> None:
         )
 
 
+def _usable(api_key: ApiKey, owner: User) -> bool:
+    try:
+        _check_usable(api_key, owner)
+    except AuthenticationError:
+        return False
+    return True
+
+
 async def authenticate(state: AppState, token: str) -> AuthSubject:
     """The subject for a presented key, or a 401: one cache GET when the key is cached, else
     one read (key and owner) on a read-only connection."""
@@ -195,21 +213,88 @@ async def authenticate(state: AppState, token: str) -> AuthSubject:
     key_hash = hash_key(settings.secret_key_value, token)
     caching = settings.api_key_cache_ttl_s > 0
     entry: Any = None
+    raw: bytes | None = None
     seen_at = time.monotonic()
     if caching:
         try:
-            entry = await state.cache.get(_entry_key(key_hash))
+            if isinstance(state.cache, RedisCache):
+                raw = await state.cache.get_raw(_entry_key(key_hash))
+                entry = None if raw is None else orjson.loads(raw)
+            else:
+                entry = await state.cache.get(_entry_key(key_hash))
         except (RedisError, OSError) as exc:
-            raise _store_unavailable(exc)
+            raise store_unavailable(exc)
     found = restore(entry)
     if found is None:
         found = await _load_and_cache(
             state, key_hash, seen=entry if caching else _NO_CACHE, seen_at=seen_at
         )
+    elif raw is not None:
+        near_cache(state).put(key_hash, raw)
     api_key, owner = found
     _check_usable(api_key, owner)
     _last_used(state).note(api_key.id)
     return AuthSubject(kind="api_key", user=owner, api_key=api_key)
+
+
+async def authenticate_unconfirmed(
+    state: AppState, token: str
+) -> tuple[AuthSubject, UnconfirmedKey | None]:
+    """Like :func:`authenticate`, but without a round trip when this instance holds a copy of
+    the key's shared cache entry: the subject then comes from the copy, with an
+    ``UnconfirmedKey`` that the caller must confirm is still the entry on Redis before the
+    subject spends or reveals anything (the gateway's admission does, in the same round trip as
+    its rate-limit count and reservation). Otherwise the subject is confirmed (``None``).
+
+    A copy that would refuse the key is never used: refusals are always read afresh."""
+    settings = state.settings
+    if settings.api_key_cache_ttl_s > 0 and isinstance(state.cache, RedisCache):
+        _refuse_malformed(token)
+        key_hash = hash_key(settings.secret_key_value, token)
+        raw = near_cache(state).get(key_hash, settings.api_key_cache_ttl_s)
+        found = None if raw is None else restore(orjson.loads(raw))
+        if raw is not None and found is not None and _usable(*found):
+            api_key, owner = found
+            _last_used(state).note(api_key.id)
+            subject = AuthSubject(kind="api_key", user=owner, api_key=api_key)
+            return subject, UnconfirmedKey(state.cache.name(_entry_key(key_hash)), raw, key_hash)
+    return await authenticate(state, token), None
+
+
+class NearCache:
+    """This instance's copies of the key cache entries it read from Redis (the exact bytes),
+    bounded in number and age. A copy is only ever used together with a confirmation that the
+    shared entry still holds the same bytes, so it cannot outlive a revocation."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._max_entries = max_entries
+        self._entries: dict[str, tuple[bytes, float]] = {}
+
+    def get(self, key_hash: str, max_age_s: float) -> bytes | None:
+        found = self._entries.get(key_hash)
+        if found is None or time.monotonic() - found[1] > max_age_s:
+            return None
+        return found[0]
+
+    def put(self, key_hash: str, raw: bytes) -> None:
+        current = self._entries.get(key_hash)
+        if current is not None and current[0] == raw:
+            return  # keep its age: the copy is as old as the first read of these bytes
+        self._entries.pop(key_hash, None)
+        if len(self._entries) >= self._max_entries:
+            del self._entries[next(iter(self._entries))]  # the oldest copy
+        self._entries[key_hash] = (raw, time.monotonic())
+
+    def drop(self, key_hash: str) -> None:
+        self._entries.pop(key_hash, None)
+
+
+def near_cache(state: AppState) -> NearCache:
+    cache = state.extras.get(NEAR_CACHE_KEY)
+    if cache is None:
+        cache = state.extras[NEAR_CACHE_KEY] = NearCache()
+    assert isinstance(cache, NearCache)
+    return cache
 
 
 _NO_CACHE = object()
@@ -226,15 +311,15 @@ async def _load_and_cache(
         raise AuthenticationError("Invalid API key", code="invalid_api_key")
     # Too slow to be sure the tombstone of a change made meanwhile is still there: don't cache.
     if seen is not _NO_CACHE and time.monotonic() - seen_at < _MAX_CACHING_LOOKUP_S:
+        entry = snapshot(*found)
         try:
-            await state.cache.set_if(
-                _entry_key(key_hash),
-                seen,
-                snapshot(*found),
-                state.settings.api_key_cache_ttl_s,
+            stored = await state.cache.set_if(
+                _entry_key(key_hash), seen, entry, state.settings.api_key_cache_ttl_s
             )
         except (RedisError, OSError) as exc:
-            raise _store_unavailable(exc)
+            raise store_unavailable(exc)
+        if stored and isinstance(state.cache, RedisCache):
+            near_cache(state).put(key_hash, orjson.dumps(entry))  # the bytes now on Redis
     return found
 
 
@@ -250,7 +335,7 @@ def _last_used(state: AppState) -> LastUsedRecorder:
     return recorder
 
 
-def _store_unavailable(exc: Exception) -> ServiceUnavailableError:
+def store_unavailable(exc: Exception) -> ServiceUnavailableError:
     logger.error("api key cache unreachable", extra={"error": type(exc).__name__})
     return ServiceUnavailableError(
         "Credential store unavailable; request refused", code="credential_store_unavailable"

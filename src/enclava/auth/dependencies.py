@@ -93,20 +93,40 @@ async def _api_key_subject(request: Request) -> AuthSubject:
 
 
 async def _metered_api_key_subject(request: Request) -> AuthSubject:
-    """For routes that hand the subject to the gateway: where the gateway can count the request
-    in the same round trip as its budget reservation, the count is left to it
-    (``enclava.llm.admission``); the route must call ``admission.complete`` on errors."""
+    """For routes that hand the subject to the gateway. Where the gateway's admission can send
+    them to Redis in the same round trip as its budget reservation (``enclava.llm.admission``),
+    the rate-limit count and, when this instance holds a copy of the key's cache entry, the
+    confirmation of that copy are left to it. Such routes call ``admission.complete`` when
+    they fail before admission and run again on ``admission.KeyChanged``."""
     from enclava.llm import admission
 
     token = bearer_token(request)
     state = app_state(request)
-    subject = await lookup.authenticate(state, token)
-    if admission.defers_rate_limit(state):
+    if not admission.defers_rate_limit(state):
+        subject = await lookup.authenticate(state, token)
+        request.state.subject = subject
+        await _rate_limit(request, state, subject)
+        return subject
+    subject, unconfirmed = await lookup.authenticate_unconfirmed(state, token)
+    pending = PendingChecks(rate_limit=True, key=unconfirmed, request_state=request.state)
+    subject = replace(subject, pending=pending)
+    request.state.subject = subject
+    return subject
+
+
+async def reauthenticate_metered(request: Request, *, counted: bool) -> AuthSubject:
+    """A metered request's subject read afresh, after the copy it was authenticated from turned
+    out stale. ``counted``: the request was already counted against its rate limits."""
+    from enclava.llm import admission
+
+    state = app_state(request)
+    subject = await lookup.authenticate(state, bearer_token(request))
+    if not counted and admission.defers_rate_limit(state):
         subject = replace(
             subject, pending=PendingChecks(rate_limit=True, request_state=request.state)
         )
     request.state.subject = subject
-    if subject.pending is None:
+    if not counted and subject.pending is None:
         await _rate_limit(request, state, subject)
     return subject
 
@@ -168,20 +188,25 @@ class ScopeRequirement:
 
 class MeteredScopeRequirement(ScopeRequirement):
     """:class:`ScopeRequirement` for routes that pass the subject to the gateway, which may
-    count the request itself (see :func:`_metered_api_key_subject`)."""
+    count the request and confirm the key itself (see :func:`_metered_api_key_subject`)."""
 
     async def __call__(  # type: ignore[override]
         self,
         request: Request,
         subject: Annotated[AuthSubject, Depends(_metered_api_key_subject)],
     ) -> AuthSubject:
-        try:
-            self.check(subject)
-        except PermissionDeniedError:
-            from enclava.llm import admission
+        if subject.has_scopes(*self.scopes):
+            return subject
+        from enclava.llm import admission
 
-            await admission.complete(app_state(request), subject)
-            raise
+        state = app_state(request)
+        # A refusal is decided on the key as it is now, and the refused request is counted.
+        if not await admission.complete(state, subject):
+            subject = await reauthenticate_metered(request, counted=False)
+            if subject.has_scopes(*self.scopes):
+                return subject
+            await admission.complete(state, subject)
+        self.check(subject)
         return subject
 
     def __repr__(self) -> str:

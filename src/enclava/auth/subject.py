@@ -39,14 +39,27 @@ class PendingChecks:
     in the same round trip as the budget reservation (``enclava.llm.admission``).
 
     ``rate_limit``: the request is not counted against the key's rate limits yet.
+    ``key``: the key and its owner come from this instance's copy of their shared cache entry,
+    which admission confirms is still the entry on Redis (``api_keys.lookup``).
     ``request_state``: the request's ``state``, where the counted window's usage goes for the
     ``X-RateLimit-*`` headers. ``done`` once admission (or ``admission.complete`` on an error
     path) has run them: a request is counted exactly once.
     """
 
     rate_limit: bool = False
+    key: UnconfirmedKey | None = None
     request_state: Any = None
     done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UnconfirmedKey:
+    """A key's shared cache entry as this instance last read it: its name on Redis, its exact
+    bytes, and the key's hash (the entry's identity in this instance's copy)."""
+
+    name: str
+    raw: bytes
+    key_hash: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -145,9 +145,18 @@ class RedisCache(Cache):
     def client(self) -> aioredis.Redis:
         return self._redis
 
+    def name(self, key: str) -> str:
+        """The key's name on Redis, for callers that send their own commands or pipelines."""
+        return self._prefix + key
+
     async def get(self, key: str) -> Any | None:
         raw = await self._redis.get(self._prefix + key)
         return None if raw is None else orjson.loads(raw)
+
+    async def get_raw(self, key: str) -> bytes | None:
+        """The value's stored bytes (its JSON encoding), as :meth:`get` reads them."""
+        raw = await self._redis.get(self._prefix + key)
+        return None if raw is None else bytes(raw)
 
     async def set(self, key: str, value: Any, ttl_s: float | None = None) -> None:
         px = int(ttl_s * 1000) if ttl_s else None

@@ -28,6 +28,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from enclava.api_keys import lookup
 from enclava.auth.subject import AuthSubject
 from enclava.budgets import service as budgets
 from enclava.budgets.ledger import Outcome, RedisLedger, Reservation, get_ledger, unavailable
@@ -49,39 +50,66 @@ def defers_rate_limit(state: AppState) -> bool:
     )
 
 
+class KeyChanged(Exception):
+    """The key's shared cache entry is no longer the copy this instance authenticated from
+    (the key or its owner changed). Nothing is held; the request must run again with the key
+    read afresh. ``counted``: the request was already counted against its rate limits."""
+
+    def __init__(self, counted: bool) -> None:
+        super().__init__("the API key changed since this instance last read it")
+        self.counted = counted
+
+
 async def admit(state: AppState, subject: AuthSubject, amount_nanousd: int) -> Reservation:
-    """Count the request if its count is pending and reserve ``amount_nanousd``; raises
-    ``RateLimitError``, ``QuotaExceededError`` or ``ServiceUnavailableError``."""
+    """Confirm the key and count the request if those are pending, and reserve
+    ``amount_nanousd``; raises ``KeyChanged``, ``RateLimitError``, ``QuotaExceededError`` or
+    ``ServiceUnavailableError``."""
     pending = subject.pending
-    if pending is None or pending.done or not pending.rate_limit:
+    if pending is None or pending.done or not (pending.rate_limit or pending.key):
         return await budgets.reserve(state, subject, amount_nanousd)
     pending.done = True
     ledger = get_ledger(state)
     assert isinstance(ledger, RedisLedger) and isinstance(state.cache, RedisCache)
-    count = ratelimit.get_limiter(state).moving_windows_call(
-        ratelimit.policy_for(subject, state.settings)
-    )
+    count = None
+    if pending.rate_limit:
+        policy = ratelimit.policy_for(subject, state.settings)
+        count = ratelimit.get_limiter(state).moving_windows_call(policy)
     hold = ledger.reserve_call(
         budgets.owners_of(subject), amount_nanousd, budgets.current_period_starts()
     )
     try:
         async with state.cache.client.pipeline(transaction=False) as pipe:
-            count.queue(pipe)
+            if pending.key is not None:
+                pipe.get(pending.key.name)
+            if count is not None:
+                count.queue(pipe)
             hold.queue(pipe)
-            counted, held = await pipe.execute(raise_on_error=False)
+            replies = list(await pipe.execute(raise_on_error=False))
     except (RedisError, OSError) as exc:
         raise ratelimit.store_unavailable(exc) from exc
+    entry = replies.pop(0) if pending.key is not None else None
+    counted = replies.pop(0) if count is not None else None
+    held = replies.pop(0)
 
     reserved = None if isinstance(held, Exception) else hold.outcome(held)
     if isinstance(counted, Exception):
         await _release(ledger, reserved)
         raise ratelimit.store_unavailable(counted)
-    try:
-        usage = ratelimit.admitted_usage(*count.outcome(counted))
-    except Exception:
+    refused, usages = count.outcome(counted) if count is not None else (None, [])
+    if pending.key is not None and entry != pending.key.raw:
         await _release(ledger, reserved)
-        raise
-    setattr(pending.request_state, RATE_LIMIT_STATE, usage)
+        lookup.near_cache(state).drop(pending.key.key_hash)
+        counted_now = count is not None and refused is None
+        if counted_now:
+            setattr(pending.request_state, RATE_LIMIT_STATE, ratelimit.admitted_usage(None, usages))
+        raise KeyChanged(counted=counted_now)
+    if count is not None:
+        try:
+            usage = ratelimit.admitted_usage(refused, usages)
+        except Exception:
+            await _release(ledger, reserved)
+            raise
+        setattr(pending.request_state, RATE_LIMIT_STATE, usage)
     if isinstance(held, Exception):
         raise unavailable(held)
     if isinstance(reserved, Reservation):
@@ -92,16 +120,34 @@ async def admit(state: AppState, subject: AuthSubject, amount_nanousd: int) -> R
     return await budgets.reserve(state, subject, amount_nanousd)
 
 
-async def complete(state: AppState, subject: AuthSubject) -> None:
-    """Run what is still pending for a request that ends before admission (an error path):
-    it is counted against its rate limits like any other request."""
+async def complete(state: AppState, subject: AuthSubject) -> bool:
+    """Run what is still pending for a request that ends before admission (an error path), so
+    it is counted against its rate limits like any other request. False when the key's copy
+    turned out stale (nothing counted): the caller decides on the key read afresh instead."""
     pending = subject.pending
     if pending is None or pending.done:
-        return
+        return True
     pending.done = True
+    if pending.key is not None:
+        assert isinstance(state.cache, RedisCache)
+        try:
+            current = await state.cache.client.get(pending.key.name)
+        except (RedisError, OSError) as exc:
+            raise lookup.store_unavailable(exc) from exc
+        if current != pending.key.raw:
+            lookup.near_cache(state).drop(pending.key.key_hash)
+            return False
     if pending.rate_limit:
         usage = await ratelimit.enforce(state, subject)
         setattr(pending.request_state, RATE_LIMIT_STATE, usage)
+    return True
+
+
+async def confirm(state: AppState, subject: AuthSubject) -> None:
+    """:func:`complete` for a call that is answered without a reservation (a cached answer):
+    raises ``KeyChanged`` when the key's copy was stale."""
+    if not await complete(state, subject):
+        raise KeyChanged(counted=False)
 
 
 async def _release(ledger: RedisLedger, reserved: Any) -> None:

@@ -354,6 +354,8 @@ async def chat_completion(
         cache_key = _cache_key(subject, body)
         cached = await state.cache.get(cache_key)
         if isinstance(cached, dict):
+            # A cached answer spends nothing, but the key is confirmed and the call counted.
+            await admission.confirm(state, subject)
             if session is not None:
                 await session.commit()
             await settle(

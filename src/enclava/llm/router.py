@@ -8,7 +8,7 @@ the upstream answers.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
@@ -16,7 +16,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from enclava.auth.dependencies import ApiKeySubject, app_state, require_scopes
+from enclava.auth.dependencies import (
+    ApiKeySubject,
+    app_state,
+    reauthenticate_metered,
+    require_scopes,
+)
 from enclava.auth.subject import AuthSubject
 from enclava.db import DbSession
 from enclava.errors import AppError, BadRequestError
@@ -96,30 +101,49 @@ async def _events(stream: ChatStream) -> AsyncIterator[bytes]:
     yield b"data: [DONE]\n\n"
 
 
-@router.post("/chat/completions", openapi_extra=_JSON_BODY, summary="Create a chat completion")
-async def chat_completions(request: Request, subject: ChatSubject) -> Response:
+async def _metered(
+    request: Request, subject: AuthSubject, run: Callable[[AuthSubject], Awaitable[Response]]
+) -> Response:
+    """Run a metered route's work with its subject. A request that fails before admission is
+    still counted; if the key's cached copy turns out stale (``admission.KeyChanged``, or on
+    the error path), the work runs once more with the key read afresh, so every answer is
+    decided on the key and owner as they are now."""
     state = app_state(request)
     try:
-        body = await _json_body(request)
-        result = await gateway.chat_completion(state, subject, body)
+        return await run(subject)
+    except admission.KeyChanged as changed:
+        subject = await reauthenticate_metered(request, counted=changed.counted)
     except AppError:
-        await admission.complete(state, subject)  # a refused request counts too
+        if await admission.complete(state, subject):
+            raise
+        subject = await reauthenticate_metered(request, counted=False)
+    try:
+        return await run(subject)
+    except AppError:
+        await admission.complete(state, subject)
         raise
-    if isinstance(result, ChatStream):
-        return SSEResponse(result)
-    return _json(result.body, result.headers())
+
+
+@router.post("/chat/completions", openapi_extra=_JSON_BODY, summary="Create a chat completion")
+async def chat_completions(request: Request, subject: ChatSubject) -> Response:
+    async def run(subject: AuthSubject) -> Response:
+        body = await _json_body(request)
+        result = await gateway.chat_completion(app_state(request), subject, body)
+        if isinstance(result, ChatStream):
+            return SSEResponse(result)
+        return _json(result.body, result.headers())
+
+    return await _metered(request, subject, run)
 
 
 @router.post("/embeddings", openapi_extra=_JSON_BODY, summary="Create embeddings")
 async def create_embeddings(request: Request, subject: EmbeddingsSubject) -> Response:
-    state = app_state(request)
-    try:
+    async def run(subject: AuthSubject) -> Response:
         body = await _json_body(request)
-        result = await gateway.embeddings(state, subject, body)
-    except AppError:
-        await admission.complete(state, subject)
-        raise
-    return _json(result.body, result.headers())
+        result = await gateway.embeddings(app_state(request), subject, body)
+        return _json(result.body, result.headers())
+
+    return await _metered(request, subject, run)
 
 
 @router.get("/models", summary="List the models this key may use")
