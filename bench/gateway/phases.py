@@ -58,6 +58,11 @@ def _instrument() -> None:
     dependencies.lookup.authenticate = _timed(  # type: ignore[attr-defined]
         "auth: API key (cache; DB on a miss)", lookup.authenticate
     )
+    # On Redis the LLM routes take the key from the instance's copy of its cache entry, which
+    # admission confirms in its round trip.
+    dependencies.lookup.authenticate_unconfirmed = _timed(  # type: ignore[attr-defined]
+        "auth: API key from the instance's copy (Redis)", lookup.authenticate_unconfirmed
+    )
     # Embedded the dependency counts the request; on Redis the gateway's admission counts it
     # in the same round trip as the reservation (enclava.llm.admission), so there is no
     # separate rate-limit phase.
