@@ -84,7 +84,10 @@ async def _start_llm(state: AppState, stack: AsyncExitStack) -> None:
 
     settings = state.settings
     ledger, release_ledger = budget_ledger.create_ledger(
-        settings.redis_url, settings.resolved_database_url, state.cache
+        settings.redis_url,
+        settings.resolved_database_url,
+        state.cache,
+        hold_ttl_s=settings.budget_hold_ttl_s,
     )
     stack.push_async_callback(release_ledger)
     state.extras[budget_ledger.STATE_KEY] = ledger

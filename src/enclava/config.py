@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     # model list and provider health are cached.
     audit_llm_calls: bool = True
     models_cache_ttl_s: int = 900
+    # On Redis, how long a call's budget reservation is held if its settlement never comes (the
+    # instance crashed); must be longer than any call runs (docs/gateway.md).
+    budget_hold_ttl_s: int = Field(default=3600, ge=60)
 
     # Identity and access (docs/auth.md). Limits are requests per window; a key's own
     # rate_limit_per_minute/hour columns override its tier.

@@ -3,6 +3,7 @@ where the run has one: the postgres backend)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -197,3 +198,33 @@ async def test_a_batch_settles_each_reservation(ledger: Any) -> None:
     assert await reserved(ledger, budget_id, "total") == 0
     await admitted(ledger, who, 10_000 - 1_000)  # 0 + 100 + 200 + 300 + 400 spent
     assert await ledger.reserve([who], 1, STARTS) is Outcome.REFUSED
+
+
+async def test_a_call_that_never_settles_holds_only_until_its_hold_lapses(
+    ledger: BudgetLedger,
+) -> None:
+    """A call whose instance died never settles. On Redis its reservation is a hold that lapses
+    after the hold TTL (here 0.2 s), and the next reservation on the counter releases it; a
+    settlement that still comes later charges its cost without releasing anything twice. In
+    memory the reservation lives exactly as long as the process that held it."""
+    who = owner()
+    budget_id = uuid.uuid4()
+    await load(ledger, who, [(budget_id, 1_000, "monthly")])
+    if isinstance(ledger, RedisLedger):
+        ledger._hold_ttl_ms = 200
+    crashed = await admitted(ledger, who, 600)
+    assert await ledger.reserve([who], 600, STARTS) is Outcome.REFUSED
+    if isinstance(ledger, MemoryLedger):
+        await asyncio.sleep(0.3)
+        assert await reserved(ledger, budget_id) == 600
+        return
+
+    await asyncio.sleep(0.3)
+    live = await admitted(ledger, who, 600)  # the lapsed hold was released first
+    assert await reserved(ledger, budget_id) == 600
+    await ledger.settle([(crashed, 100)])  # late: charged, nothing released twice
+    assert await reserved(ledger, budget_id) == 600
+    await ledger.settle([(live, 200)])
+    assert await reserved(ledger, budget_id) == 0
+    assert await ledger.reserve([who], 701, STARTS) is Outcome.REFUSED  # 300 spent of 1,000
+    assert isinstance(await ledger.reserve([who], 700, STARTS), Reservation)

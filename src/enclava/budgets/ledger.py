@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 STATE_KEY = "budget_ledger"
 # Definitions on Redis expire, so an invalidation lost to a Redis outage heals within this.
 DEFINITIONS_TTL_S = 600
+# How long a reservation's hold on Redis outlives its call's start if the call never settles
+# (``ENCLAVA_BUDGET_HOLD_TTL_S``); longer than any call may run.
+DEFAULT_HOLD_TTL_S = 3600.0
 # A counter lives a period's length plus a day from when it is built, so it outlives its period
 # (late settlements of calls that straddle the boundary) and then goes away.
 _COUNTER_TTL_S = {"daily": 2 * 86_400, "weekly": 8 * 86_400, "monthly": 32 * 86_400, "total": 0}
@@ -83,6 +86,8 @@ class Reservation:
 
     charges: tuple[Charge, ...]
     amount_nanousd: int
+    # On Redis: the id of the holds this reservation placed on its counters (see _RESERVE).
+    hold: str = ""
 
     @property
     def budget_ids(self) -> tuple[uuid.UUID, ...]:
@@ -261,13 +266,36 @@ def _release_memory_ledger(database_url: str) -> None:
 
 # -- Redis -------------------------------------------------------------------------------------
 
-# KEYS: the owners' definition keys. ARGV: amount, counter key prefix, then the current period
-# starts (daily, weekly, monthly, total). Returns {1, counter, epoch, ...}, {0} (refused) or
-# {2} (something to load).
-_RESERVE = """
+# Every reservation on Redis is also a *hold* on each counter it charged: a member
+# "<epoch>:<hold id>:<amount>" of the sorted set "<counter>:holds", scored by the time (Redis
+# clock, ms) after which it lapses. A settlement removes its hold and releases the amount; a hold
+# whose call never settles (its instance crashed) lapses, and the next reservation on the
+# counter releases it. Without this, a crash would keep the amount reserved until the counter
+# expires (a "total" budget: forever).
+_RELEASE_LAPSED = """
+local function release_lapsed(counter, epoch, now)
+  local holds = counter .. ':holds'
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', holds, '-inf', now, 'LIMIT', 0, 100)) do
+    redis.call('ZREM', holds, m)
+    local hold_epoch, amount = string.match(m, '^([^:]+):[^:]+:(%d+)$')
+    if hold_epoch == epoch then
+      redis.call('HINCRBY', counter, 'reserved', -tonumber(amount))
+    end
+  end
+end
+"""
+
+# KEYS: the owners' definition keys. ARGV: amount, counter key prefix, the current period
+# starts (daily, weekly, monthly, total), the hold id and how long the hold lasts (ms).
+# Returns {1, counter, epoch, ...}, {0} (refused) or {2} (something to load).
+_RESERVE = (
+    _RELEASE_LAPSED
+    + """
 local amount = tonumber(ARGV[1])
 local prefix = ARGV[2]
 local starts = {daily = ARGV[3], weekly = ARGV[4], monthly = ARGV[5], total = ARGV[6]}
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local charged = {}
 local missing = false
 for i = 1, #KEYS do
@@ -277,6 +305,8 @@ for i = 1, #KEYS do
   else
     for _, d in ipairs(cjson.decode(raw)) do
       local name = d.id .. ':' .. d.period .. ':' .. starts[d.period]
+      local epoch = redis.call('HGET', prefix .. name, 'epoch')
+      if epoch then release_lapsed(prefix .. name, epoch, now) end
       local c = redis.call('HMGET', prefix .. name, 'spent', 'reserved', 'epoch')
       if not c[3] then
         missing = true
@@ -290,11 +320,15 @@ for i = 1, #KEYS do
   end
 end
 if missing then return {2} end
+local deadline = now + tonumber(ARGV[8])
 for j = 1, #charged, 2 do
   redis.call('HINCRBY', prefix .. charged[j], 'reserved', ARGV[1])
+  local member = charged[j + 1] .. ':' .. ARGV[7] .. ':' .. ARGV[1]
+  redis.call('ZADD', prefix .. charged[j] .. ':holds', deadline, member)
 end
 return {1, unpack(charged)}
 """
+)
 
 # KEYS: per owner its generation key and its definitions key, then the counter keys.
 # ARGV: number of owners, definitions TTL (ms), per owner (generation seen, definitions JSON),
@@ -318,15 +352,22 @@ end
 return 1
 """
 
-# KEYS: counters. ARGV: per counter (epoch, minus the amount to release, cost to charge).
+# KEYS: one counter per charge settled (a counter may repeat). ARGV: per charge the epoch, the
+# hold id, the amount held and the cost to charge. The amount is released only if the hold is
+# still there (it has not lapsed, and the counter was not rebuilt since); the cost is charged
+# whenever the counter exists.
 _SETTLE = """
 for i = 1, #KEYS do
+  local a = 4 * i - 3
   local epoch = redis.call('HGET', KEYS[i], 'epoch')
   if epoch then
-    if epoch == ARGV[3 * i - 2] then
-      redis.call('HINCRBY', KEYS[i], 'reserved', ARGV[3 * i - 1])
+    if epoch == ARGV[a] then
+      local member = ARGV[a] .. ':' .. ARGV[a + 1] .. ':' .. ARGV[a + 2]
+      if redis.call('ZREM', KEYS[i] .. ':holds', member) == 1 then
+        redis.call('HINCRBY', KEYS[i], 'reserved', -tonumber(ARGV[a + 2]))
+      end
     end
-    redis.call('HINCRBY', KEYS[i], 'spent', ARGV[3 * i])
+    redis.call('HINCRBY', KEYS[i], 'spent', ARGV[a + 3])
   end
 end
 return 1
@@ -337,11 +378,16 @@ class RedisLedger:
     """The ledger on Redis, shared by every instance; each operation is one Lua script."""
 
     def __init__(
-        self, client: aioredis.Redis, prefix: str = "enclava:budget:", owns_client: bool = False
+        self,
+        client: aioredis.Redis,
+        prefix: str = "enclava:budget:",
+        owns_client: bool = False,
+        hold_ttl_s: float = DEFAULT_HOLD_TTL_S,
     ) -> None:
         self._redis = client
         self._prefix = prefix
         self._owns_client = owns_client
+        self._hold_ttl_ms = int(hold_ttl_s * 1000)
         self._reserve = client.register_script(_RESERVE)
         self._load = client.register_script(_LOAD)
         self._settle = client.register_script(_SETTLE)
@@ -370,6 +416,7 @@ class RedisLedger:
     ) -> ScriptCall[Reservation | Outcome]:
         """:meth:`reserve` as a script call, for a caller that sends it in its own pipeline."""
         keys = [self._definitions_key(o) for o in owners]
+        hold = secrets.token_hex(8)
         args: list[int | str] = [
             amount,
             self._prefix + "c:",
@@ -377,6 +424,8 @@ class RedisLedger:
             starts["weekly"],
             starts["monthly"],
             starts["total"],
+            hold,
+            self._hold_ttl_ms,
         ]
 
         def outcome(result: Any) -> Reservation | Outcome:
@@ -389,7 +438,7 @@ class RedisLedger:
                 _charge(result[i].decode(), result[i + 1].decode())
                 for i in range(1, len(result), 2)
             )
-            return Reservation(charges, amount)
+            return Reservation(charges, amount, hold)
 
         return ScriptCall(_RESERVE, keys, args, outcome)
 
@@ -415,18 +464,14 @@ class RedisLedger:
             raise unavailable(exc) from exc
 
     async def settle(self, items: Sequence[tuple[Reservation, int]]) -> None:
-        totals: dict[tuple[str, str], list[int]] = {}
+        keys: list[str] = []
+        args: list[Any] = []
         for reservation, cost in items:
             for charge in reservation.charges:
-                released_and_cost = totals.setdefault((charge.counter, charge.epoch), [0, 0])
-                released_and_cost[0] += reservation.amount_nanousd
-                released_and_cost[1] += cost
-        if not totals:
+                keys.append(self._counter_key(charge.counter))
+                args += [charge.epoch, reservation.hold, reservation.amount_nanousd, cost]
+        if not keys:
             return
-        keys = [self._counter_key(counter) for counter, _ in totals]
-        args: list[Any] = []
-        for (_, epoch), (released, cost) in totals.items():
-            args += [epoch, -released, cost]
         try:
             await self._settle(keys=keys, args=args)
         except (RedisError, OSError) as exc:
@@ -462,7 +507,10 @@ class RedisLedger:
 
 
 def create_ledger(
-    redis_url: str | None, database_url: str, cache: Cache | None = None
+    redis_url: str | None,
+    database_url: str,
+    cache: Cache | None = None,
+    hold_ttl_s: float = DEFAULT_HOLD_TTL_S,
 ) -> tuple[BudgetLedger, Callable[[], Awaitable[None]]]:
     """The ledger for these settings and what releases it on shutdown.
 
@@ -470,12 +518,12 @@ def create_ledger(
     otherwise this process's memory ledger for ``database_url``."""
     if redis_url:
         if isinstance(cache, RedisCache):
-            redis_ledger = RedisLedger(cache.client)
+            redis_ledger = RedisLedger(cache.client, hold_ttl_s=hold_ttl_s)
         else:
             client = aioredis.Redis.from_url(
                 redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
             )
-            redis_ledger = RedisLedger(client, owns_client=True)
+            redis_ledger = RedisLedger(client, owns_client=True, hold_ttl_s=hold_ttl_s)
         return redis_ledger, redis_ledger.close
     memory_ledger = _acquire_memory_ledger(database_url)
 
