@@ -197,6 +197,9 @@ async def test_response_cache_is_per_user_and_off_by_default(
         )
         assert a.json() == b.json() and mock_upstream.total_requests == 3
         assert b.headers["x-enclava-cost-usd"] == "0"
+        # A cached answer is still a request: counted against the key's rate limit.
+        remaining = int(a.headers["x-ratelimit-remaining"])
+        assert int(b.headers["x-ratelimit-remaining"]) == remaining - 1
         await client.post(
             "/api/v1/chat/completions", json={**CHAT, "model": "cached"}, headers=second["headers"]
         )
