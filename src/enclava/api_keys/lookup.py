@@ -255,7 +255,7 @@ async def authenticate_unconfirmed(
         found = None if raw is None else restore(orjson.loads(raw))
         if raw is not None and found is not None and _usable(*found):
             api_key, owner = found
-            _last_used(state).note(api_key.id)
+            # Last use is noted once the copy is confirmed (note_used), not before.
             subject = AuthSubject(kind="api_key", user=owner, api_key=api_key)
             return subject, UnconfirmedKey(state.cache.name(_entry_key(key_hash)), raw, key_hash)
     return await authenticate(state, token), None
@@ -321,6 +321,11 @@ async def _load_and_cache(
         if stored and isinstance(state.cache, RedisCache):
             near_cache(state).put(key_hash, orjson.dumps(entry))  # the bytes now on Redis
     return found
+
+
+def note_used(state: AppState, api_key_id: uuid.UUID) -> None:
+    """Record that a key was used (debounced; written in the background)."""
+    _last_used(state).note(api_key_id)
 
 
 def _last_used(state: AppState) -> LastUsedRecorder:

@@ -103,6 +103,8 @@ async def admit(state: AppState, subject: AuthSubject, amount_nanousd: int) -> R
         if counted_now:
             setattr(pending.request_state, RATE_LIMIT_STATE, ratelimit.admitted_usage(None, usages))
         raise KeyChanged(counted=counted_now)
+    if pending.key is not None and subject.api_key is not None:
+        lookup.note_used(state, subject.api_key.id)  # the copy is confirmed
     if count is not None:
         try:
             usage = ratelimit.admitted_usage(refused, usages)
@@ -137,6 +139,8 @@ async def complete(state: AppState, subject: AuthSubject) -> bool:
         if current != pending.key.raw:
             lookup.near_cache(state).drop(pending.key.key_hash)
             return False
+        if subject.api_key is not None:
+            lookup.note_used(state, subject.api_key.id)
     if pending.rate_limit:
         usage = await ratelimit.enforce(state, subject)
         setattr(pending.request_state, RATE_LIMIT_STATE, usage)
