@@ -99,19 +99,21 @@ async def test_a_budget_refusal_is_counted_against_the_rate_limit(
 
 
 @contextmanager
-def redis_round_trips(redis: Redis) -> Iterator[list[list[str]]]:
-    """Every round trip the app's Redis client makes meanwhile, as the command names sent."""
-    trips: list[list[str]] = []
+def redis_round_trips(redis: Redis) -> Iterator[list[tuple[str, ...]]]:
+    """Every round trip the app's Redis client makes meanwhile: a command's name (and, for a
+    script, its digest), or the names of a pipeline's commands."""
+    trips: list[tuple[str, ...]] = []
     original_command = Redis.execute_command
     original_execute = Pipeline.execute
 
     async def command(self: Any, *args: Any, **options: Any) -> Any:
         if self is redis:
-            trips.append([str(args[0]).upper()])
+            name = str(args[0]).upper()
+            trips.append((name, str(args[1])) if name == "EVALSHA" else (name,))
         return await original_command(self, *args, **options)
 
     async def execute(self: Any, raise_on_error: bool = True) -> Any:
-        trips.append([str(c[0][0]).upper() for c in self.command_stack])
+        trips.append(tuple(str(c[0][0]).upper() for c in self.command_stack))
         return await original_execute(self, raise_on_error)
 
     Redis.execute_command = command  # type: ignore[method-assign]
@@ -124,12 +126,14 @@ def redis_round_trips(redis: Redis) -> Iterator[list[list[str]]]:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_count_and_reservation_take_one_round_trip_on_redis(
+async def test_a_warm_call_takes_one_round_trip_on_redis(
     app: Any, client: httpx.AsyncClient, actors: Actors, mock_upstream: Simulator, stream: bool
 ) -> None:
-    """On Redis a warm chat call makes two round trips before the provider: the key's cache
-    entry, then the rate-limit count and the reservation together. Embedded there is no Redis
-    and the dependency counts the request in process memory."""
+    """On Redis a warm chat call makes one round trip before the provider: one script confirms
+    the key's cached entry, counts the request and reserves. Embedded there is no Redis and
+    the dependency counts the request in process memory."""
+    from enclava.budgets.ledger import get_ledger
+
     state = app.state.enclava
     key = await key_for(actors)
     await add_budget(app, key, 10**9, key=True)
@@ -147,10 +151,10 @@ async def test_count_and_reservation_take_one_round_trip_on_redis(
         answered = await client.post(URL, json=body, headers=key["headers"])
     assert answered.status_code == 200
     assert _remaining(answered) >= 0  # the count's window reached the headers
-    # The key's cached entry confirmed, the request counted and its worst case reserved.
-    assert trips[0] == ["GET", "EVAL", "EVAL"]
+    assert trips[0] == ("EVALSHA", state.extras["admission_script"].sha)
     # Nothing else before the answer (a settlement behind it may follow).
-    assert all(t == ["EVALSHA"] for t in trips[1:]), trips
+    settle = ("EVALSHA", get_ledger(state)._settle.sha)
+    assert all(trip == settle for trip in trips[1:]), trips
     assert len(await usage_rows(app)) == 2
 
 

@@ -18,7 +18,7 @@ that could still be comparing against an older value (a lookup slower than that 
 On Redis each instance also keeps the exact bytes of the entries it read (:class:`NearCache`).
 :func:`authenticate_unconfirmed` answers from that copy without a round trip, and its caller
 must confirm the copy against the shared entry before the subject spends or reveals anything:
-the gateway's admission does, in the pipeline that also counts and reserves
+the gateway's admission does, in the script that also counts and reserves
 (``enclava.llm.admission``). A tombstone never equals a copy, so an invalidation reaches such
 calls exactly as it reaches :func:`authenticate`.
 

@@ -114,19 +114,19 @@ async def _metered_api_key_subject(request: Request) -> AuthSubject:
     return subject
 
 
-async def reauthenticate_metered(request: Request, *, counted: bool) -> AuthSubject:
+async def reauthenticate_metered(request: Request) -> AuthSubject:
     """A metered request's subject read afresh, after the copy it was authenticated from turned
-    out stale. ``counted``: the request was already counted against its rate limits."""
+    out stale (nothing was counted for it yet)."""
     from enclava.llm import admission
 
     state = app_state(request)
     subject = await lookup.authenticate(state, bearer_token(request))
-    if not counted and admission.defers_rate_limit(state):
+    if admission.defers_rate_limit(state):
         subject = replace(
             subject, pending=PendingChecks(rate_limit=True, request_state=request.state)
         )
     request.state.subject = subject
-    if not counted and subject.pending is None:
+    if subject.pending is None:
         await _rate_limit(request, state, subject)
     return subject
 
@@ -202,7 +202,7 @@ class MeteredScopeRequirement(ScopeRequirement):
         state = app_state(request)
         # A refusal is decided on the key as it is now, and the refused request is counted.
         if not await admission.complete(state, subject):
-            subject = await reauthenticate_metered(request, counted=False)
+            subject = await reauthenticate_metered(request)
             if subject.has_scopes(*self.scopes):
                 return subject
             await admission.complete(state, subject)

@@ -2,8 +2,8 @@
 
 A domain that keeps state on Redis (rate limits, the budget ledger) describes one of its
 atomic steps as a :class:`ScriptCall`: the script, its keys and arguments, and how to read its
-reply. It can run the call itself, or hand it to a caller that sends several calls from
-different domains in one pipeline, one round trip (``enclava.llm.admission``).
+reply. It can run the call itself, or hand it to a caller that runs several domains' steps in
+one script of its own (:func:`as_function`), one round trip (``enclava.llm.admission``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ class ScriptCall(Generic[T]):
     args: list[Any]
     outcome: Callable[[Any], T]
 
-    def queue(self, pipe: Any) -> None:
-        """Add the call to a redis-py pipeline. ``EVAL`` with the script's text: Redis keeps
-        the compiled script by its digest, and a pipeline never meets ``NOSCRIPT``."""
-        pipe.execute_command("EVAL", self.script, len(self.keys), *self.keys, *self.args)
+
+def as_function(name: str, script: str) -> str:
+    """``script`` as a Lua function ``name(KEYS, ARGV)``, for a script that runs several
+    domains' steps as one atomic call: a ``return`` in the script returns from the function."""
+    return f"local function {name}(KEYS, ARGV)\n{script}\nend\n"

@@ -3,27 +3,28 @@
 Every call through the gateway is counted against its API key's rate limits and holds its
 worst-case cost on the budgets that apply. Embedded, both are synchronous steps in process
 memory: the authentication dependency counts the request and :func:`admit` reserves. On Redis
-each is one Lua script, and sent one after the other they cost two round trips on the hot
-path. So for the routes that hand their subject straight to the gateway (chat completions and
-embeddings), the dependency leaves the count pending (``AuthSubject.pending``) and
-:func:`admit` sends both scripts in one pipeline: one round trip (docs/decisions/0011).
+the key's cache entry, the count and the reservation would each be a round trip. So for the
+routes that hand their subject straight to the gateway (chat completions and embeddings), the
+dependency takes the key from the instance's copy of its cache entry and leaves the count
+pending (``AuthSubject.pending``), and :func:`admit` runs all three as one Lua script: one round
+trip, and atomic (docs/decisions/0011-one-round-trip-admission.md).
 
-The outcome is the one the two steps would have had in order:
+The script confirms the copy is still the shared entry, then counts, then reserves:
 
-- rate limit refused: 429 with the window's headers; a reservation the same pipeline made is
-  released at once, so no budget holds money for a refused call;
+- the copy is stale (the key or its owner changed): nothing is counted or held, and the route
+  runs the request again with the key read afresh (``KeyChanged``);
+- rate limit refused: 429 with the window's headers; nothing is held;
 - budget refused: 429 ``insufficient_quota``; the request stays counted, as before;
 - budget definitions or counters not on Redis yet: they are loaded from the database and the
   reservation alone is retried (the request is not counted twice);
-- Redis unreachable: 503, fail closed, as either step alone.
+- Redis unreachable: 503, fail closed.
 
-A request that fails before admission (malformed body, unknown model, missing scope) is still
-counted: the routes call :func:`complete` on their error path.
+A request that fails before admission (malformed body, unknown model, missing scope, a cached
+answer) confirms its key and is counted on that path: the routes call :func:`complete`.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -31,13 +32,12 @@ from redis.exceptions import RedisError
 from enclava.api_keys import lookup
 from enclava.auth.subject import AuthSubject
 from enclava.budgets import service as budgets
-from enclava.budgets.ledger import Outcome, RedisLedger, Reservation, get_ledger, unavailable
+from enclava.budgets.ledger import Outcome, RedisLedger, Reservation, get_ledger
 from enclava.kit.cache import RedisCache
+from enclava.kit.scripts import ScriptCall, as_function
 from enclava.ratelimit import service as ratelimit
 from enclava.ratelimit.middleware import STATE_ATTRIBUTE as RATE_LIMIT_STATE
 from enclava.state import AppState
-
-logger = logging.getLogger(__name__)
 
 
 def defers_rate_limit(state: AppState) -> bool:
@@ -52,12 +52,53 @@ def defers_rate_limit(state: AppState) -> bool:
 
 class KeyChanged(Exception):
     """The key's shared cache entry is no longer the copy this instance authenticated from
-    (the key or its owner changed). Nothing is held; the request must run again with the key
-    read afresh. ``counted``: the request was already counted against its rate limits."""
+    (the key or its owner changed). Nothing was counted or held; the request must run again
+    with the key read afresh."""
 
-    def __init__(self, counted: bool) -> None:
+    def __init__(self) -> None:
         super().__init__("the API key changed since this instance last read it")
-        self.counted = counted
+
+
+# One script for the whole admission, so it is atomic as well as one round trip. The two
+# domains' scripts become functions (their KEYS and ARGV are parameters); this body runs them.
+# KEYS: the key's cache entry (when confirming a copy), the count's keys, the hold's keys.
+# ARGV: the number of the count's keys and arguments and of the hold's (0 keys: no count), the
+# copy's bytes ('' when there is none to confirm), then the count's and the hold's arguments.
+# Returns {'changed'} (nothing done), {'limited', count reply} (nothing counted or held), or
+# {'ok', count reply or false, hold reply}.
+_ADMIT_BODY = """
+local function part(list, first, n)
+  local out = {}
+  for i = 1, n do out[i] = list[first + i - 1] end
+  return out
+end
+local count_keys, count_args = tonumber(ARGV[1]), tonumber(ARGV[2])
+local hold_keys, hold_args = tonumber(ARGV[3]), tonumber(ARGV[4])
+local k, a = 1, 6
+if ARGV[5] ~= '' then
+  if redis.call('GET', KEYS[1]) ~= ARGV[5] then return {'changed'} end
+  k = 2
+end
+local counted = false
+if count_keys > 0 then
+  counted = count(part(KEYS, k, count_keys), part(ARGV, a, count_args))
+  if tonumber(counted[1]) ~= 0 then return {'limited', counted} end
+end
+local held = hold(part(KEYS, k + count_keys, hold_keys), part(ARGV, a + count_args, hold_args))
+return {'ok', counted, held}
+"""
+_SCRIPT_KEY = "admission_script"
+
+
+def _script(state: AppState, count: ScriptCall[Any], hold: ScriptCall[Any]) -> Any:
+    """The admission script registered on the app's Redis client (EVALSHA, loaded again by
+    redis-py after a Redis restart)."""
+    script = state.extras.get(_SCRIPT_KEY)
+    if script is None:
+        assert isinstance(state.cache, RedisCache)
+        text = as_function("count", count.script) + as_function("hold", hold.script) + _ADMIT_BODY
+        script = state.extras[_SCRIPT_KEY] = state.cache.client.register_script(text)
+    return script
 
 
 async def admit(state: AppState, subject: AuthSubject, amount_nanousd: int) -> Reservation:
@@ -70,50 +111,38 @@ async def admit(state: AppState, subject: AuthSubject, amount_nanousd: int) -> R
     pending.done = True
     ledger = get_ledger(state)
     assert isinstance(ledger, RedisLedger) and isinstance(state.cache, RedisCache)
-    count = None
-    if pending.rate_limit:
-        policy = ratelimit.policy_for(subject, state.settings)
-        count = ratelimit.get_limiter(state).moving_windows_call(policy)
+    limiter = ratelimit.get_limiter(state)
+    count = limiter.moving_windows_call(ratelimit.policy_for(subject, state.settings))
     hold = ledger.reserve_call(
         budgets.owners_of(subject), amount_nanousd, budgets.current_period_starts()
     )
+    counting = pending.rate_limit
+    keys = [pending.key.name] if pending.key is not None else []
+    keys += (count.keys if counting else []) + hold.keys
+    args: list[Any] = [
+        len(count.keys) if counting else 0,
+        len(count.args) if counting else 0,
+        len(hold.keys),
+        len(hold.args),
+        pending.key.raw if pending.key is not None else "",
+        *(count.args if counting else []),
+        *hold.args,
+    ]
     try:
-        async with state.cache.client.pipeline(transaction=False) as pipe:
-            if pending.key is not None:
-                pipe.get(pending.key.name)
-            if count is not None:
-                count.queue(pipe)
-            hold.queue(pipe)
-            replies = list(await pipe.execute(raise_on_error=False))
+        reply = await _script(state, count, hold)(keys=keys, args=args)
     except (RedisError, OSError) as exc:
         raise ratelimit.store_unavailable(exc) from exc
-    entry = replies.pop(0) if pending.key is not None else None
-    counted = replies.pop(0) if count is not None else None
-    held = replies.pop(0)
-
-    reserved = None if isinstance(held, Exception) else hold.outcome(held)
-    if isinstance(counted, Exception):
-        await _release(ledger, reserved)
-        raise ratelimit.store_unavailable(counted)
-    refused, usages = count.outcome(counted) if count is not None else (None, [])
-    if pending.key is not None and entry != pending.key.raw:
-        await _release(ledger, reserved)
+    verdict = bytes(reply[0])
+    if verdict == b"changed":
+        assert pending.key is not None
         lookup.near_cache(state).drop(pending.key.key_hash)
-        counted_now = count is not None and refused is None
-        if counted_now:
-            setattr(pending.request_state, RATE_LIMIT_STATE, ratelimit.admitted_usage(None, usages))
-        raise KeyChanged(counted=counted_now)
+        raise KeyChanged
     if pending.key is not None and subject.api_key is not None:
         lookup.note_used(state, subject.api_key.id)  # the copy is confirmed
-    if count is not None:
-        try:
-            usage = ratelimit.admitted_usage(refused, usages)
-        except Exception:
-            await _release(ledger, reserved)
-            raise
+    if counting:
+        usage = ratelimit.admitted_usage(*count.outcome(reply[1]))  # 429 when "limited"
         setattr(pending.request_state, RATE_LIMIT_STATE, usage)
-    if isinstance(held, Exception):
-        raise unavailable(held)
+    reserved = hold.outcome(reply[2])
     if isinstance(reserved, Reservation):
         return reserved
     if reserved is Outcome.REFUSED:
@@ -151,14 +180,4 @@ async def confirm(state: AppState, subject: AuthSubject) -> None:
     """:func:`complete` for a call that is answered without a reservation (a cached answer):
     raises ``KeyChanged`` when the key's copy was stale."""
     if not await complete(state, subject):
-        raise KeyChanged(counted=False)
-
-
-async def _release(ledger: RedisLedger, reserved: Any) -> None:
-    if not isinstance(reserved, Reservation) or not reserved.charges:
-        return
-    try:
-        await ledger.settle([(reserved, 0)])
-    except Exception:
-        # The hold stays on the counters until their period ends; the call itself is refused.
-        logger.exception("could not release the reservation of a refused call")
+        raise KeyChanged

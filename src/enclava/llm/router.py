@@ -111,12 +111,12 @@ async def _metered(
     state = app_state(request)
     try:
         return await run(subject)
-    except admission.KeyChanged as changed:
-        subject = await reauthenticate_metered(request, counted=changed.counted)
+    except admission.KeyChanged:
+        subject = await reauthenticate_metered(request)
     except AppError:
         if await admission.complete(state, subject):
             raise
-        subject = await reauthenticate_metered(request, counted=False)
+        subject = await reauthenticate_metered(request)
     try:
         return await run(subject)
     except AppError:
