@@ -1,7 +1,8 @@
 """Regenerate ``openai-schemas.json`` from the OpenAI OpenAPI spec (MIT, see the LICENSE file
 beside this one): the response schemas Enclava must match, with everything they reference,
 unchanged except that OpenAPI 3.0 ``nullable: true`` becomes a JSON-Schema ``null`` type so a
-plain JSON-Schema validator reads it as the spec means it.
+plain JSON-Schema validator reads it as the spec means it, and prose descriptions (which play
+no part in validation) are left out.
 
     python tests/specs/extract.py ../shared/specs/openai-openapi.yaml
 """
@@ -43,7 +44,12 @@ def _refs(node: Any, found: set[str]) -> None:
 
 def _nullable(node: Any) -> Any:
     if isinstance(node, dict):
-        node = {k: _nullable(v) for k, v in node.items()}
+        # A string "description" is prose; a property named "description" maps to a schema.
+        node = {
+            k: _nullable(v)
+            for k, v in node.items()
+            if not (k == "description" and isinstance(v, str))
+        }
         if node.pop("nullable", False):
             kind = node.get("type")
             if isinstance(kind, str):
