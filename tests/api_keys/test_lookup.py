@@ -225,3 +225,26 @@ async def test_an_unreadable_entry_is_a_miss(make_app: StartApp) -> None:
         response = await client.get(PROBE, headers=key["headers"])
         assert response.status_code == 200 and response.json()["api_key_id"] == str(key["id"])
         assert lookup.restore(await state.cache.get(f"apikey:{key_hash}")) is not None
+
+
+def test_the_near_cache_is_bounded_in_number_and_age(monkeypatch: Any) -> None:
+    """An instance's copies of key cache entries: at most ``max_entries`` (the oldest goes
+    first), none older than the age asked for, and a copy re-read unchanged keeps its age."""
+    from enclava.api_keys import lookup
+
+    clock = [1000.0]
+    monkeypatch.setattr(lookup.time, "monotonic", lambda: clock[0])
+    near = lookup.NearCache(max_entries=2)
+    near.put("a", b"A1")
+    clock[0] += 10
+    near.put("b", b"B1")
+    near.put("a", b"A1")  # unchanged: still 10 s old
+    assert near.get("a", max_age_s=5) is None and near.get("a", max_age_s=30) == b"A1"
+    near.put("c", b"C1")  # a third key: the oldest copy ("a") goes
+    assert near.get("a", 30) is None
+    assert (near.get("b", 30), near.get("c", 30)) == (b"B1", b"C1")
+    near.put("b", b"B2")  # changed bytes: a new copy, age 0
+    clock[0] += 4
+    assert near.get("b", max_age_s=5) == b"B2"
+    near.drop("b")
+    assert near.get("b", 30) is None

@@ -253,3 +253,33 @@ async def test_a_widened_key_is_served_at_once_and_counted_once(
     assert answered.json()["model"] == "chat-model"
     assert _remaining(answered) == 8
     assert mock_upstream.total_requests == 2
+
+
+async def test_a_store_outage_at_admission_refuses_the_call(
+    app: Any,
+    client: httpx.AsyncClient,
+    actors: Actors,
+    mock_upstream: Simulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If Redis fails just as a warm call is admitted (its key came from this instance's copy,
+    with no round trip), the call is refused with 503 before any provider is called, and
+    nothing is recorded: fail closed. Embedded, the store is this process's memory."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    key = await key_for(actors)
+    assert (await client.post(URL, json=CHAT, headers=key["headers"])).status_code == 200
+    state = app.state.enclava
+    if BACKEND != "postgres":
+        assert not admission.defers_rate_limit(state)
+        return
+
+    async def unreachable(**_: Any) -> Any:
+        raise RedisConnectionError("Redis went away")
+
+    monkeypatch.setitem(state.extras, "admission_script", unreachable)
+    refused = await client.post(URL, json=CHAT, headers=key["headers"])
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "rate_limit_store_unavailable"
+    assert mock_upstream.total_requests == 1
+    assert len(await usage_rows(app)) == 1
