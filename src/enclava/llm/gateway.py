@@ -303,6 +303,39 @@ async def _reserve(
     return await admission.admit(state, subject, amount)
 
 
+async def _settle_unanswered(
+    state: AppState,
+    subject: AuthSubject,
+    reservation: Reservation,
+    entry: ModelEntry,
+    exc: BaseException,
+    endpoint: str,
+    started: float,
+    streamed: bool,
+    request_id: str | None,
+) -> None:
+    """Settle a call the provider never answered: nothing is charged, the reservation is
+    released, and its usage row records the error's code (``cancelled`` when the caller went
+    away or the task was cancelled)."""
+    failed = isinstance(exc, AppError)
+    await settle(
+        state,
+        subject,
+        reservation,
+        0,
+        UsageData(
+            endpoint=endpoint,
+            model=entry.id,
+            provider=entry.provider.name,
+            status="error" if failed else "cancelled",
+            error_code=exc.code if isinstance(exc, AppError) else "cancelled",
+            latency_ms=elapsed_ms(started),
+            streamed=streamed,
+            request_id=request_id,
+        ),
+    )
+
+
 # -- chat completions -------------------------------------------------------------------------
 
 
@@ -395,40 +428,9 @@ async def chat_completion(
 
     try:
         entry, result = await _call_with_resilience(chain, call)
-    except AppError as exc:
-        await settle(
-            state,
-            subject,
-            reservation,
-            0,
-            UsageData(
-                endpoint=endpoint,
-                model=primary.id,
-                provider=primary.provider.name,
-                status="error",
-                error_code=exc.code,
-                latency_ms=elapsed_ms(started),
-                streamed=stream,
-                request_id=request_id,
-            ),
-        )
-        raise
-    except BaseException:
-        await settle(
-            state,
-            subject,
-            reservation,
-            0,
-            UsageData(
-                endpoint=endpoint,
-                model=primary.id,
-                provider=primary.provider.name,
-                status="cancelled",
-                error_code="cancelled",
-                latency_ms=elapsed_ms(started),
-                streamed=stream,
-                request_id=request_id,
-            ),
+    except BaseException as exc:
+        await _settle_unanswered(
+            state, subject, reservation, primary, exc, endpoint, started, stream, request_id
         )
         raise
 
@@ -572,21 +574,8 @@ async def embeddings(
     try:
         entry, response = await _call_with_resilience(chain, call)
     except BaseException as exc:
-        code = exc.code if isinstance(exc, AppError) else "cancelled"
-        await settle(
-            state,
-            subject,
-            reservation,
-            0,
-            UsageData(
-                endpoint=endpoint,
-                model=primary.id,
-                provider=primary.provider.name,
-                status="error" if isinstance(exc, AppError) else "cancelled",
-                error_code=code,
-                latency_ms=elapsed_ms(started),
-                request_id=request_id,
-            ),
+        await _settle_unanswered(
+            state, subject, reservation, primary, exc, endpoint, started, False, request_id
         )
         raise
     tokens = usage_tokens(response.get("usage"))
