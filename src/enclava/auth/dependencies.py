@@ -93,11 +93,21 @@ async def _api_key_subject(request: Request) -> AuthSubject:
 
 
 async def _metered_api_key_subject(request: Request) -> AuthSubject:
-    """For routes that hand the subject to the gateway. Where the gateway's admission can send
-    them to Redis in the same round trip as its budget reservation (``enclava.llm.admission``),
+    """For routes that hand the subject to the gateway. Where the gateway's admission can run
+    them on Redis in the same round trip as its budget reservation (``enclava.llm.admission``),
     the rate-limit count and, when this instance holds a copy of the key's cache entry, the
     confirmation of that copy are left to it. Such routes call ``admission.complete`` when
     they fail before admission and run again on ``admission.KeyChanged``."""
+    return await _metered_subject(request, from_copy=True)
+
+
+async def reauthenticate_metered(request: Request) -> AuthSubject:
+    """A metered request's subject read afresh, after the copy it was authenticated from turned
+    out stale (nothing was counted for it yet)."""
+    return await _metered_subject(request, from_copy=False)
+
+
+async def _metered_subject(request: Request, *, from_copy: bool) -> AuthSubject:
     from enclava.llm import admission
 
     token = bearer_token(request)
@@ -107,27 +117,13 @@ async def _metered_api_key_subject(request: Request) -> AuthSubject:
         request.state.subject = subject
         await _rate_limit(request, state, subject)
         return subject
-    subject, unconfirmed = await lookup.authenticate_unconfirmed(state, token)
-    pending = PendingChecks(rate_limit=True, key=unconfirmed, request_state=request.state)
-    subject = replace(subject, pending=pending)
+    unconfirmed = None
+    if from_copy:
+        subject, unconfirmed = await lookup.authenticate_unconfirmed(state, token)
+    else:
+        subject = await lookup.authenticate(state, token)
+    subject = replace(subject, pending=PendingChecks(key=unconfirmed, request_state=request.state))
     request.state.subject = subject
-    return subject
-
-
-async def reauthenticate_metered(request: Request) -> AuthSubject:
-    """A metered request's subject read afresh, after the copy it was authenticated from turned
-    out stale (nothing was counted for it yet)."""
-    from enclava.llm import admission
-
-    state = app_state(request)
-    subject = await lookup.authenticate(state, bearer_token(request))
-    if admission.defers_rate_limit(state):
-        subject = replace(
-            subject, pending=PendingChecks(rate_limit=True, request_state=request.state)
-        )
-    request.state.subject = subject
-    if subject.pending is None:
-        await _rate_limit(request, state, subject)
     return subject
 
 

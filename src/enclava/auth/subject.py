@@ -35,18 +35,17 @@ def user_scopes(user: User) -> frozenset[str]:
 
 @dataclass(slots=True)
 class PendingChecks:
-    """Checks of an API-key request left to the gateway's admission, which sends them to Redis
+    """Checks of an API-key request left to the gateway's admission, which runs them on Redis
     in the same round trip as the budget reservation (``enclava.llm.admission``).
 
-    ``rate_limit``: the request is not counted against the key's rate limits yet.
-    ``key``: the key and its owner come from this instance's copy of their shared cache entry,
-    which admission confirms is still the entry on Redis (``api_keys.lookup``).
+    The request is not counted against the key's rate limits yet. ``key``: the key and its
+    owner come from this instance's copy of their shared cache entry, which admission confirms
+    is still the entry on Redis (``api_keys.lookup``); ``None`` when they were read from Redis.
     ``request_state``: the request's ``state``, where the counted window's usage goes for the
     ``X-RateLimit-*`` headers. ``done`` once admission (or ``admission.complete`` on an error
     path) has run them: a request is counted exactly once.
     """
 
-    rate_limit: bool = False
     key: UnconfirmedKey | None = None
     request_state: Any = None
     done: bool = False

@@ -414,7 +414,7 @@ class RedisLedger:
     def reserve_call(
         self, owners: Sequence[Owner], amount: int, starts: Mapping[str, int]
     ) -> ScriptCall[Reservation | Outcome]:
-        """:meth:`reserve` as a script call, for a caller that sends it in its own pipeline."""
+        """:meth:`reserve` as a script call, for a caller that runs it inside a script of its own."""
         keys = [self._definitions_key(o) for o in owners]
         hold = secrets.token_hex(8)
         args: list[int | str] = [

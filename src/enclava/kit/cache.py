@@ -146,11 +146,11 @@ class RedisCache(Cache):
         return self._redis
 
     def name(self, key: str) -> str:
-        """The key's name on Redis, for callers that send their own commands or pipelines."""
+        """The key's name on Redis, for callers that send their own commands or scripts."""
         return self._prefix + key
 
     async def get(self, key: str) -> Any | None:
-        raw = await self._redis.get(self._prefix + key)
+        raw = await self.get_raw(key)
         return None if raw is None else orjson.loads(raw)
 
     async def get_raw(self, key: str) -> bytes | None:

@@ -62,10 +62,10 @@ class KeyChanged(Exception):
 # One script for the whole admission, so it is atomic as well as one round trip. The two
 # domains' scripts become functions (their KEYS and ARGV are parameters); this body runs them.
 # KEYS: the key's cache entry (when confirming a copy), the count's keys, the hold's keys.
-# ARGV: the number of the count's keys and arguments and of the hold's (0 keys: no count), the
-# copy's bytes ('' when there is none to confirm), then the count's and the hold's arguments.
+# ARGV: the number of the count's keys and arguments and of the hold's, the copy's bytes (''
+# when there is none to confirm), then the count's and the hold's arguments.
 # Returns {'changed'} (nothing done), {'limited', count reply} (nothing counted or held), or
-# {'ok', count reply or false, hold reply}.
+# {'ok', count reply, hold reply}.
 _ADMIT_BODY = """
 local function part(list, first, n)
   local out = {}
@@ -79,11 +79,8 @@ if ARGV[5] ~= '' then
   if redis.call('GET', KEYS[1]) ~= ARGV[5] then return {'changed'} end
   k = 2
 end
-local counted = false
-if count_keys > 0 then
-  counted = count(part(KEYS, k, count_keys), part(ARGV, a, count_args))
-  if tonumber(counted[1]) ~= 0 then return {'limited', counted} end
-end
+local counted = count(part(KEYS, k, count_keys), part(ARGV, a, count_args))
+if tonumber(counted[1]) ~= 0 then return {'limited', counted} end
 local held = hold(part(KEYS, k + count_keys, hold_keys), part(ARGV, a + count_args, hold_args))
 return {'ok', counted, held}
 """
@@ -106,7 +103,7 @@ async def admit(state: AppState, subject: AuthSubject, amount_nanousd: int) -> R
     ``amount_nanousd``; raises ``KeyChanged``, ``RateLimitError``, ``QuotaExceededError`` or
     ``ServiceUnavailableError``."""
     pending = subject.pending
-    if pending is None or pending.done or not (pending.rate_limit or pending.key):
+    if pending is None or pending.done:
         return await budgets.reserve(state, subject, amount_nanousd)
     pending.done = True
     ledger = get_ledger(state)
@@ -116,16 +113,15 @@ async def admit(state: AppState, subject: AuthSubject, amount_nanousd: int) -> R
     hold = ledger.reserve_call(
         budgets.owners_of(subject), amount_nanousd, budgets.current_period_starts()
     )
-    counting = pending.rate_limit
-    keys = [pending.key.name] if pending.key is not None else []
-    keys += (count.keys if counting else []) + hold.keys
+    confirming = [pending.key.name] if pending.key is not None else []
+    keys = [*confirming, *count.keys, *hold.keys]
     args: list[Any] = [
-        len(count.keys) if counting else 0,
-        len(count.args) if counting else 0,
+        len(count.keys),
+        len(count.args),
         len(hold.keys),
         len(hold.args),
         pending.key.raw if pending.key is not None else "",
-        *(count.args if counting else []),
+        *count.args,
         *hold.args,
     ]
     try:
@@ -139,9 +135,8 @@ async def admit(state: AppState, subject: AuthSubject, amount_nanousd: int) -> R
         raise KeyChanged
     if pending.key is not None and subject.api_key is not None:
         lookup.note_used(state, subject.api_key.id)  # the copy is confirmed
-    if counting:
-        usage = ratelimit.admitted_usage(*count.outcome(reply[1]))  # 429 when "limited"
-        setattr(pending.request_state, RATE_LIMIT_STATE, usage)
+    usage = ratelimit.admitted_usage(*count.outcome(reply[1]))  # 429 when "limited"
+    setattr(pending.request_state, RATE_LIMIT_STATE, usage)
     reserved = hold.outcome(reply[2])
     if isinstance(reserved, Reservation):
         return reserved
@@ -170,9 +165,8 @@ async def complete(state: AppState, subject: AuthSubject) -> bool:
             return False
         if subject.api_key is not None:
             lookup.note_used(state, subject.api_key.id)
-    if pending.rate_limit:
-        usage = await ratelimit.enforce(state, subject)
-        setattr(pending.request_state, RATE_LIMIT_STATE, usage)
+    usage = await ratelimit.enforce(state, subject)
+    setattr(pending.request_state, RATE_LIMIT_STATE, usage)
     return True
 
 

@@ -317,7 +317,7 @@ async def _settle_unanswered(
     """Settle a call the provider never answered: nothing is charged, the reservation is
     released, and its usage row records the error's code (``cancelled`` when the caller went
     away or the task was cancelled)."""
-    failed = isinstance(exc, AppError)
+    code = exc.code if isinstance(exc, AppError) else None
     await settle(
         state,
         subject,
@@ -327,8 +327,8 @@ async def _settle_unanswered(
             endpoint=endpoint,
             model=entry.id,
             provider=entry.provider.name,
-            status="error" if failed else "cancelled",
-            error_code=exc.code if isinstance(exc, AppError) else "cancelled",
+            status="cancelled" if code is None else "error",
+            error_code="cancelled" if code is None else code,
             latency_ms=elapsed_ms(started),
             streamed=streamed,
             request_id=request_id,

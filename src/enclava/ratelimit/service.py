@@ -221,7 +221,7 @@ class RequestRateLimiter:
 
     @property
     def counts_in_one_script(self) -> bool:
-        """Whether a hit is one Lua script on Redis, which a caller may send in a pipeline of
+        """Whether a hit is one Lua script on Redis, which a caller may run inside a script of
         its own through :meth:`moving_windows_call` (moving windows on Redis)."""
         return self._moving_windows is not None
 
