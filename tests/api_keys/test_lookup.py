@@ -248,3 +248,30 @@ def test_the_near_cache_is_bounded_in_number_and_age(monkeypatch: Any) -> None:
     assert near.get("b", max_age_s=5) == b"B2"
     near.drop("b")
     assert near.get("b", 30) is None
+
+
+async def test_a_cached_snapshot_restores_every_column_as_read(make_app: StartApp) -> None:
+    """The key and owner a request sees from the cache equal the rows in the database, column
+    for column (types included), carry no password hash, and belong to no session."""
+    from sqlalchemy import inspect
+
+    app, client = await make_app(public_probe)
+    actors = Actors(app, client)
+    key = await actors.api_key(await actors.user())
+    state = app.state.enclava
+    async with transaction(state.session_factory) as session:
+        stored_key = await session.get(ApiKey, key["id"])
+        assert stored_key is not None
+        stored_owner = await session.get(User, stored_key.user_id)
+        assert stored_owner is not None
+        restored = lookup.restore(lookup.snapshot(stored_key, stored_owner))
+    assert restored is not None
+    api_key, owner = restored
+    for row, source in ((api_key, stored_key), (owner, stored_owner)):
+        for attr in inspect(type(row)).column_attrs:
+            if attr.key == "password_hash":
+                continue
+            value, expected = getattr(row, attr.key), getattr(source, attr.key)
+            assert value == expected and type(value) is type(expected), attr.key
+        assert inspect(row).session is None and inspect(row).transient
+    assert owner.password_hash == "" and stored_owner.password_hash

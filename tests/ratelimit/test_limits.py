@@ -303,3 +303,34 @@ async def test_counts_read_the_same_through_the_limits_library(make_app: StartAp
             assert limiter._limiter is not None
             stats = await limiter._limiter.get_window_stats(window, "key:shared")
         assert stats.remaining == window.amount - 3
+
+
+def test_the_memory_storage_counts_without_starting_threads(monkeypatch: Any) -> None:
+    """The embedded limiter's storage starts no timer thread per hit, still refuses at the
+    limit, and sweeps entries that left every window (on a later hit, once a second)."""
+    import threading
+
+    from limits import RateLimitItemPerMinute
+    from limits.strategies import MovingWindowRateLimiter
+
+    from enclava.ratelimit import service
+
+    storage = service.SweptMemoryStorage()
+    limiter = MovingWindowRateLimiter(storage)
+    window = RateLimitItemPerMinute(3)
+
+    def no_timer(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("a hit started a timer thread")
+
+    monkeypatch.setattr(threading, "Timer", no_timer)
+    assert [limiter.hit(window, "key:a") for _ in range(4)] == [True, True, True, False]
+    assert limiter.hit(window, "key:b")
+
+    # Two minutes later (the wall clock for the entries, the monotonic one for the sweep):
+    # a's entries are dropped by the next hit (on any key), and a is admitted again.
+    wall, mono = service.time.time(), service.time.monotonic()
+    monkeypatch.setattr("limits.storage.memory.time.time", lambda: wall + 120)
+    monkeypatch.setattr(service.time, "monotonic", lambda: mono + 120)
+    assert limiter.hit(window, "key:b")
+    assert [len(events) for name, events in storage.events.items() if "key:a" in name] == [0]
+    assert limiter.hit(window, "key:a")
