@@ -26,6 +26,7 @@ from enclava.kit.cache import create_cache
 from enclava.kit.jobs import create_job_queue
 from enclava.kit.logging import configure_logging
 from enclava.kit.middleware import RequestIdMiddleware
+from enclava.llm.router import direct_routes as direct_llm_routes
 from enclava.llm.router import router as llm_router
 from enclava.rag.router import internal as rag_internal_router
 from enclava.rag.router import public as rag_public_router
@@ -165,6 +166,10 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # Ahead of every router: the metered LLM endpoints without FastAPI's per-call dependency
+    # solving (enclava.llm.router.direct_routes).
+    for path, endpoint in direct_llm_routes(PUBLIC_PREFIX):
+        app.router.add_route(path, endpoint, methods=["POST"], include_in_schema=False)
     app.include_router(health_router)
     app.include_router(_public_api())
     app.include_router(_internal_api())

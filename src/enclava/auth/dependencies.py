@@ -92,7 +92,7 @@ async def _api_key_subject(request: Request) -> AuthSubject:
     return subject
 
 
-async def _metered_api_key_subject(request: Request) -> AuthSubject:
+async def metered_api_key_subject(request: Request) -> AuthSubject:
     """For routes that hand the subject to the gateway. Where the gateway's admission can run
     them on Redis in the same round trip as its budget reservation (``enclava.llm.admission``),
     the rate-limit count and, when this instance holds a copy of the key's cache entry, the
@@ -184,12 +184,12 @@ class ScopeRequirement:
 
 class MeteredScopeRequirement(ScopeRequirement):
     """:class:`ScopeRequirement` for routes that pass the subject to the gateway, which may
-    count the request and confirm the key itself (see :func:`_metered_api_key_subject`)."""
+    count the request and confirm the key itself (see :func:`metered_api_key_subject`)."""
 
     async def __call__(  # type: ignore[override]
         self,
         request: Request,
-        subject: Annotated[AuthSubject, Depends(_metered_api_key_subject)],
+        subject: Annotated[AuthSubject, Depends(metered_api_key_subject)],
     ) -> AuthSubject:
         if subject.has_scopes(*self.scopes):
             return subject
