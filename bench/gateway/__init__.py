@@ -12,7 +12,8 @@ in-process cache) and on PostgreSQL + Redis.
     BENCH_REQUESTS=2000 BENCH_UPSTREAM_LATENCY_MS=0 ...
 
 Environment: ``BENCH_TARGETS`` (direct,floor,embedded,postgres,litellm), ``BENCH_REQUESTS`` per
-measurement (default 2000), ``BENCH_PG_ADMIN_URL`` (postgresql://postgres@127.0.0.1:5432/postgres),
+measurement (default 2000), ``BENCH_ROUNDS`` (default 1: every target in turn, that many times;
+the table gives medians over the rounds and a second table their spread), ``BENCH_PG_ADMIN_URL`` (postgresql://postgres@127.0.0.1:5432/postgres),
 ``BENCH_REDIS_URL`` (redis://127.0.0.1:6379/13), ``BENCH_LITELLM`` (path to the ``litellm``
 executable; default ``bench/.litellm-venv/bin/litellm``, see docs/benchmarks.md for the install).
 Results go to stdout and ``bench/results/gateway.json``.

@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -363,72 +364,136 @@ def _table(results: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def _median_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per concurrency level, the median of each figure over the rounds (and the rounds)."""
+    merged = []
+    for level in zip(*rounds, strict=True):
+        row: dict[str, Any] = {"concurrency": level[0]["concurrency"]}
+        for field in ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_ms_per_request"):
+            row[field] = round(statistics.median(r[field] for r in level), 3)
+        row["requests"] = sum(r["requests"] for r in level)
+        row["errors"] = sum(r["errors"] for r in level)
+        row["rounds"] = list(level)
+        merged.append(row)
+    return merged
+
+
+def _measure_targets(
+    targets: list[str],
+    work: Path,
+    upstream: str,
+    upstream_pid: int,
+    total: int,
+    litellm: str,
+    pg_admin: str,
+    redis_url: str,
+    notes: list[str],
+) -> dict[str, list[dict[str, Any]]]:
+    """One round: every target in turn."""
+    results: dict[str, list[dict[str, Any]]] = {}
+    if "direct" in targets:
+        print("direct (mock upstream) ...", flush=True)
+        results["direct"] = _run_all(upstream + "/v1/chat/completions", {}, total, upstream_pid)
+    if "floor" in targets:
+        print("floor (bare Python proxy) ...", flush=True)
+        results["floor-bare-python-proxy"] = _bench_floor(work / "floor", upstream, total)
+    if "embedded" in targets:
+        print("enclava, embedded (SQLite, in-process cache) ...", flush=True)
+        results["enclava-embedded"] = _bench_enclava("embedded", work / "embedded", upstream, total)
+    if "postgres" in targets:
+        print("enclava, PostgreSQL + Redis ...", flush=True)
+        try:
+            database = _reset_postgres(pg_admin, "enclava_bench")
+            _flush_redis(redis_url)
+            results["enclava-postgres-redis"] = _bench_enclava(
+                "postgres", work / "postgres", upstream, total, database, redis_url
+            )
+        except (OSError, ConnectionError) as exc:
+            notes.append(f"postgres target skipped: {exc}")
+    if "litellm" in targets:
+        if not Path(litellm).exists() and os.environ.get("BENCH_LITELLM_INSTALL", "1") == "1":
+            _install_litellm(notes)
+        if shutil.which(litellm) or Path(litellm).exists():
+            print("litellm proxy ...", flush=True)
+            results["litellm-proxy"] = _bench_litellm(litellm, work / "litellm", upstream, total)
+        else:
+            notes.append(f"LiteLLM not measured: {litellm} not found (see docs/benchmarks.md)")
+    return results
+
+
+def _spread(results: dict[str, list[dict[str, Any]]]) -> str:
+    """Across rounds: the lowest and highest c=1 overhead (against direct in the same round) and
+    c=64 throughput of each target."""
+    direct = {r["concurrency"]: r for r in results.get("direct", [])}
+    lines = [
+        "| target | c=1 overhead p50 ms, min-max | c=64 rps, min-max |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, rows in results.items():
+        by = {r["concurrency"]: r for r in rows}
+        if direct:
+            overheads = [
+                mine["p50_ms"] - base["p50_ms"]
+                for mine, base in zip(by[1]["rounds"], direct[1]["rounds"], strict=True)
+            ]
+            overhead = f"{min(overheads):.3f} - {max(overheads):.3f}"
+        else:
+            overhead = "-"
+        rps = [r["throughput_rps"] for r in by[64]["rounds"]]
+        lines.append(f"| {name} | {overhead} | {min(rps):.0f} - {max(rps):.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     targets = os.environ.get("BENCH_TARGETS", "direct,floor,embedded,postgres,litellm").split(",")
     total = int(os.environ.get("BENCH_REQUESTS", "2000"))
+    # Rounds run every target in turn, again and again; the table gives each figure's median
+    # over the rounds, so a slow minute on a shared machine moves every target alike.
+    rounds = int(os.environ.get("BENCH_ROUNDS", "1"))
     latency = os.environ.get("BENCH_UPSTREAM_LATENCY_MS", "0")
     litellm = os.environ.get("BENCH_LITELLM", str(ROOT / "bench/.litellm-venv/bin/litellm"))
     pg_admin = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
-    results: dict[str, list[dict[str, Any]]] = {}
     notes: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="enclava-bench-"))
-    try:
-        upstream_port = _port()
-        upstream = f"http://127.0.0.1:{upstream_port}"
-        mock = [
-            str(VENV_BIN / "enclava"),
-            "mock-upstream",
-            "--port",
-            str(upstream_port),
-            "--latency-ms",
-            latency,
-            "--completion-tokens",
-            "16",
-        ]
-        with _process(mock, {}, work / "mock.log") as mock_proc:
-            _wait_http(upstream + "/v1/models")
-            if "direct" in targets:
-                print("direct (mock upstream) ...", flush=True)
-                results["direct"] = _run_all(
-                    upstream + "/v1/chat/completions", {}, total, mock_proc.pid
+    per_round: list[dict[str, list[dict[str, Any]]]] = []
+    upstream_port = _port()
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    mock = [
+        str(VENV_BIN / "enclava"),
+        "mock-upstream",
+        "--port",
+        str(upstream_port),
+        "--latency-ms",
+        latency,
+        "--completion-tokens",
+        "16",
+    ]
+    with _process(mock, {}, work / "mock.log") as mock_proc:
+        _wait_http(upstream + "/v1/models")
+        for index in range(rounds):
+            if rounds > 1:
+                print(f"round {index + 1} of {rounds}", flush=True)
+            per_round.append(
+                _measure_targets(
+                    targets,
+                    work / f"round-{index + 1}",
+                    upstream,
+                    mock_proc.pid,
+                    total,
+                    litellm,
+                    pg_admin,
+                    redis_url,
+                    notes,
                 )
-            if "floor" in targets:
-                print("floor (bare Python proxy) ...", flush=True)
-                results["floor-bare-python-proxy"] = _bench_floor(work / "floor", upstream, total)
-            if "embedded" in targets:
-                print("enclava, embedded (SQLite, in-process cache) ...", flush=True)
-                results["enclava-embedded"] = _bench_enclava(
-                    "embedded", work / "embedded", upstream, total
-                )
-            if "postgres" in targets:
-                print("enclava, PostgreSQL + Redis ...", flush=True)
-                try:
-                    database = _reset_postgres(pg_admin, "enclava_bench")
-                    _flush_redis(redis_url)
-                    results["enclava-postgres-redis"] = _bench_enclava(
-                        "postgres", work / "postgres", upstream, total, database, redis_url
-                    )
-                except (OSError, ConnectionError) as exc:
-                    notes.append(f"postgres target skipped: {exc}")
-            if "litellm" in targets:
-                if (
-                    not Path(litellm).exists()
-                    and os.environ.get("BENCH_LITELLM_INSTALL", "1") == "1"
-                ):
-                    _install_litellm(notes)
-                if shutil.which(litellm) or Path(litellm).exists():
-                    print("litellm proxy ...", flush=True)
-                    results["litellm-proxy"] = _bench_litellm(
-                        litellm, work / "litellm", upstream, total
-                    )
-                else:
-                    notes.append(
-                        f"LiteLLM not measured: {litellm} not found (see docs/benchmarks.md)"
-                    )
-    finally:
-        pass
+            )
+    results = {
+        name: _median_rows([found[name] for found in per_round if name in found])
+        for name in per_round[0]
+    }
     table = _table(results)
+    if rounds > 1:
+        table += "\n\n" + _spread(results)
     print(table)
     for note in notes:
         print("note:", note)
@@ -443,6 +508,7 @@ def main() -> None:
                     "platform": platform.platform(),
                 },
                 "requests_per_measurement": total,
+                "rounds": rounds,
                 "upstream_latency_ms": float(latency),
                 "results": results,
                 "notes": notes,
