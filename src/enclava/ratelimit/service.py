@@ -168,7 +168,7 @@ class SweptMemoryStorage(local_storage.MemoryStorage):
         super().__init__()
         self._next_sweep = 0.0
 
-    def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802 (the overridden hook)
+    def _MemoryStorage__schedule_expiry(self) -> None:  # the hook, under its mangled name
         now = time.monotonic()
         if now >= self._next_sweep:
             self._next_sweep = now + self.SWEEP_INTERVAL_S
