@@ -91,11 +91,7 @@ async def _measure(
                     return
             latencies.append(time.perf_counter() - started)
 
-        for _ in range(min(200, total)):  # warm up pools and caches
-            await call()
-        latencies.clear()
-        errors = 0
-        remaining = total
+        remaining = min(200, total)
 
         async def worker() -> None:
             nonlocal remaining
@@ -103,6 +99,12 @@ async def _measure(
                 remaining -= 1
                 await call()
 
+        # Warm up pools and caches at the level's concurrency, so that every connection the
+        # level uses is open before it is timed (else its first requests all pay for one).
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        latencies.clear()
+        errors = 0
+        remaining = total
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
