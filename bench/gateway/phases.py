@@ -20,9 +20,9 @@ from typing import Any
 import aiohttp
 
 from bench.gateway.run import (
-    VENV_BIN,
     _enclava_env,
     _flush_redis,
+    _mock_upstream,
     _port,
     _process,
     _provision,
@@ -82,15 +82,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="enclava-phases-"))
     upstream_port = _port()
     upstream = f"http://127.0.0.1:{upstream_port}"
-    mock = [
-        str(VENV_BIN / "enclava"),
-        "mock-upstream",
-        "--port",
-        str(upstream_port),
-        "--completion-tokens",
-        "16",
-    ]
-    with _process(mock, {}, work / "mock.log"):
+    with _process(_mock_upstream(upstream_port), {}, work / "mock.log"):
         _wait_http(upstream + "/v1/models")
         database = redis_url = None
         if backend == "postgres":

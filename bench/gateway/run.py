@@ -151,6 +151,20 @@ def _run_all(url: str, headers: dict[str, str], total: int, pid: int) -> list[di
 # -- targets ---------------------------------------------------------------------------------
 
 
+def _mock_upstream(port: int, latency_ms: str = "0") -> list[str]:
+    """The command of the mock upstream every target calls (16 completion tokens a call)."""
+    return [
+        str(VENV_BIN / "enclava"),
+        "mock-upstream",
+        "--port",
+        str(port),
+        "--latency-ms",
+        latency_ms,
+        "--completion-tokens",
+        "16",
+    ]
+
+
 def _providers_file(work: Path, upstream: str) -> Path:
     path = work / "providers.yaml"
     path.write_text(
@@ -461,17 +475,7 @@ def main() -> None:
     per_round: list[dict[str, list[dict[str, Any]]]] = []
     upstream_port = _port()
     upstream = f"http://127.0.0.1:{upstream_port}"
-    mock = [
-        str(VENV_BIN / "enclava"),
-        "mock-upstream",
-        "--port",
-        str(upstream_port),
-        "--latency-ms",
-        latency,
-        "--completion-tokens",
-        "16",
-    ]
-    with _process(mock, {}, work / "mock.log") as mock_proc:
+    with _process(_mock_upstream(upstream_port, latency), {}, work / "mock.log") as mock_proc:
         _wait_http(upstream + "/v1/models")
         for index in range(rounds):
             if rounds > 1:
