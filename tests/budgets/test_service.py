@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from enclava.budgets.ledger import get_ledger
 from enclava.db import transaction
 from enclava.errors import QuotaExceededError
 from enclava.kit.time import utcnow
-from enclava.models import Budget, UsageRecord
+from enclava.models import AuditLog, Budget, UsageRecord
 from tests.conftest import Actors
 from tests.llm.helpers import budget as budget_state
 
@@ -283,3 +284,86 @@ async def test_one_failing_settlement_does_not_sink_its_batch(
     # The failed call's reservation stays held (errs safe); the others were released.
     budget = await budget_state(app, budget_id)
     assert (budget.spent_nanousd, budget.reserved_nanousd) == (25, 10)
+
+
+async def test_settled_rows_read_back_exactly_as_written(app: Any, actors: Actors) -> None:
+    """Every column of the usage and audit rows a batch writes comes back as it was given:
+    identifiers, timestamps with their zone, flags, JSON details, NULLs, non-ASCII text and
+    costs near the 64-bit limit (SQLite writes a batch from one JSON parameter)."""
+    owner = await actors.user()
+    subject = await _subject(app, owner)
+    state = app.state.enclava
+    factory = state.session_factory
+    ok = service.UsageData(
+        endpoint="chat",
+        model="modèle-ü 模型",
+        provider="p",
+        status="success",
+        prompt_tokens=12,
+        completion_tokens=30,
+        latency_ms=987,
+        streamed=True,
+        request_id="req-1",
+    )
+    failed = service.UsageData(
+        endpoint="embeddings", model="e", provider="p", status="error", error_code="timeout"
+    )
+    costs = [9_000_000_000_000_000_123, 0]
+    items = [
+        service.Settlement(subject, await service.reserve(state, subject, 1), cost, usage)
+        for cost, usage in zip(costs, [ok, failed], strict=True)
+    ]
+    before = utcnow()
+    await service.settle_many(factory, items, audit=True)
+    async with transaction(factory) as session:
+        usage = {
+            u.model: u
+            for u in await session.scalars(
+                select(UsageRecord).where(UsageRecord.user_id == owner["id"])
+            )
+        }
+        audits = {
+            a.resource_id: a
+            for a in await session.scalars(
+                select(AuditLog).where(
+                    AuditLog.user_id == owner["id"], AuditLog.action.like("llm.%")
+                )
+            )
+        }
+    assert set(usage) == set(audits) == {ok.model, "e"}
+    row = usage[ok.model]
+    assert isinstance(row.id, uuid.UUID) and row.api_key_id is None
+    assert row.user_id == owner["id"]
+    assert before <= row.created_at <= utcnow() and row.created_at.tzinfo is not None
+    assert (row.endpoint, row.provider, row.status, row.request_id) == (
+        "chat",
+        "p",
+        "success",
+        "req-1",
+    )
+    assert (row.prompt_tokens, row.completion_tokens, row.total_tokens) == (12, 30, 42)
+    assert (row.cost_nanousd, row.latency_ms, row.streamed, row.error_code) == (
+        costs[0],
+        987,
+        True,
+        None,
+    )
+    other = usage["e"]
+    assert (other.status, other.error_code, other.streamed, other.cost_nanousd) == (
+        "error",
+        "timeout",
+        False,
+        0,
+    )
+    audit = audits[ok.model]
+    assert audit.action == "llm.chat" and audit.success is True and audit.request_id == "req-1"
+    assert audit.details == {
+        "provider": "p",
+        "status": "success",
+        "prompt_tokens": 12,
+        "completion_tokens": 30,
+        "cost_nanousd": costs[0],
+        "streamed": True,
+    }
+    assert audit.created_at == row.created_at
+    assert audits["e"].success is False and audits["e"].details["status"] == "error"

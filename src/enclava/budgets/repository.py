@@ -7,6 +7,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     String,
@@ -15,12 +16,14 @@ from sqlalchemy import (
     case,
     func,
     insert,
+    literal_column,
     or_,
     select,
     true,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from enclava.auth.subject import AuthSubject
@@ -117,9 +120,49 @@ def _charged_values(start: Any, cost: Any) -> dict[str, Any]:
     }
 
 
-def insert_rows(kind: str) -> Any:
-    """A multi-row insert of usage or audit rows (executed with a list of dicts)."""
-    return insert(UsageRecord if kind == "usage" else AuditLog)
+def _table_of(kind: str) -> tuple[Any, tuple[str, ...]]:
+    return (UsageRecord, USAGE_COLUMNS) if kind == "usage" else (AuditLog, AUDIT_COLUMNS)
+
+
+@cache
+def insert_json_rows(kind: str) -> Any:
+    """SQLite: insert any number of usage or audit rows given as one JSON parameter ``rows``
+    (``json_rows``), ``INSERT ... SELECT ... FROM json_each(:rows)``: one statement and one
+    step whatever the batch's size, and the same SQL for every size (compiled once).
+
+    An ``executemany`` binds the rows one by one on aiosqlite's thread, which takes the GIL
+    back from the event loop for every row; a multi-row ``VALUES`` list has new SQL for every
+    batch size, and compiling it cost more than the write. With one step per table, a batch
+    costs the same handful of round trips to the driver's thread at any size, so the
+    settlement queue can take large batches under load (docs/benchmarks.md)."""
+    table, names = _table_of(kind)
+    rows = func.json_each(bindparam("rows", type_=String())).table_valued("value")
+    fields = (
+        func.json_extract(rows.c.value, literal_column(f"'$[{index}]'"))
+        for index in range(len(names))
+    )
+    return insert(table).from_select(list(names), select(*fields).select_from(rows))
+
+
+@cache
+def _bind_processors(dialect: Dialect, kind: str) -> tuple[tuple[str, Any], ...]:
+    table, names = _table_of(kind)
+    columns = table.__table__.c
+    return tuple(
+        (name, columns[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in names
+    )
+
+
+def json_rows(dialect: Dialect, kind: str, rows: list[dict[str, Any]]) -> str:
+    """The ``rows`` parameter of ``insert_json_rows``: each row's values as the database stores
+    them (the columns' own bind processing: UUIDs, datetimes, JSON), in column order."""
+    processors = _bind_processors(dialect, kind)
+    return orjson.dumps(
+        [
+            [row[name] if process is None else process(row[name]) for name, process in processors]
+            for row in rows
+        ]
+    ).decode()
 
 
 @cache
