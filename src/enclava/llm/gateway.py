@@ -303,6 +303,35 @@ async def _reserve(
     return await admission.admit(state, subject, amount)
 
 
+async def _settle_call(
+    state: AppState,
+    subject: AuthSubject,
+    reservation: Reservation,
+    entry: ModelEntry,
+    cost: int,
+    endpoint: str,
+    started: float,
+    request_id: str | None,
+    **usage: Any,
+) -> None:
+    """Charge ``cost`` against the reservation (the rest is released) and record the call's
+    usage row: ``usage`` holds the fields of ``UsageData`` that vary between outcomes."""
+    await settle(
+        state,
+        subject,
+        reservation,
+        cost,
+        UsageData(
+            endpoint=endpoint,
+            model=entry.id,
+            provider=entry.provider.name,
+            latency_ms=elapsed_ms(started),
+            request_id=request_id,
+            **usage,
+        ),
+    )
+
+
 async def _settle_unanswered(
     state: AppState,
     subject: AuthSubject,
@@ -318,21 +347,18 @@ async def _settle_unanswered(
     released, and its usage row records the error's code (``cancelled`` when the caller went
     away or the task was cancelled)."""
     code = exc.code if isinstance(exc, AppError) else None
-    await settle(
+    await _settle_call(
         state,
         subject,
         reservation,
+        entry,
         0,
-        UsageData(
-            endpoint=endpoint,
-            model=entry.id,
-            provider=entry.provider.name,
-            status="cancelled" if code is None else "error",
-            error_code="cancelled" if code is None else code,
-            latency_ms=elapsed_ms(started),
-            streamed=streamed,
-            request_id=request_id,
-        ),
+        endpoint,
+        started,
+        request_id,
+        status="cancelled" if code is None else "error",
+        error_code="cancelled" if code is None else code,
+        streamed=streamed,
     )
 
 
@@ -475,22 +501,19 @@ async def chat_completion(
         }
         response["usage"] = usage_body
     usage_body["cost_usd"] = pricing.usd(cost)
-    await settle(
+    await _settle_call(
         state,
         subject,
         reservation,
+        entry,
         cost,
-        UsageData(
-            endpoint=endpoint,
-            model=entry.id,
-            provider=entry.provider.name,
-            status="success",
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            latency_ms=elapsed_ms(started),
-            request_id=request_id,
-            error_code="usage_estimated" if estimated else None,
-        ),
+        endpoint,
+        started,
+        request_id,
+        status="success",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        error_code="usage_estimated" if estimated else None,
     )
     if cache_key is not None and entry is primary:
         await state.cache.set(cache_key, response, ttl_s=primary.response_cache_ttl_s)
@@ -593,19 +616,16 @@ async def embeddings(
         }
     )
     response["usage"] = usage_body
-    await settle(
+    await _settle_call(
         state,
         subject,
         reservation,
+        entry,
         cost,
-        UsageData(
-            endpoint=endpoint,
-            model=entry.id,
-            provider=entry.provider.name,
-            status="success",
-            prompt_tokens=prompt_tokens,
-            latency_ms=elapsed_ms(started),
-            request_id=request_id,
-        ),
+        endpoint,
+        started,
+        request_id,
+        status="success",
+        prompt_tokens=prompt_tokens,
     )
     return EmbeddingResult(response, entry.id, entry.provider.name, prompt_tokens, cost)
