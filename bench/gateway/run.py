@@ -151,7 +151,7 @@ def _run_all(url: str, headers: dict[str, str], total: int, pid: int) -> list[di
 # -- targets ---------------------------------------------------------------------------------
 
 
-def _mock_upstream(port: int, latency_ms: str = "0") -> list[str]:
+def _mock_upstream(port: int, latency_ms: str = "0", jitter_ms: str = "0") -> list[str]:
     """The command of the mock upstream every target calls (16 completion tokens a call)."""
     return [
         str(VENV_BIN / "enclava"),
@@ -160,6 +160,8 @@ def _mock_upstream(port: int, latency_ms: str = "0") -> list[str]:
         str(port),
         "--latency-ms",
         latency_ms,
+        "--latency-jitter-ms",
+        jitter_ms,
         "--completion-tokens",
         "16",
     ]
@@ -467,6 +469,7 @@ def main() -> None:
     # over the rounds, so a slow minute on a shared machine moves every target alike.
     rounds = int(os.environ.get("BENCH_ROUNDS", "1"))
     latency = os.environ.get("BENCH_UPSTREAM_LATENCY_MS", "0")
+    jitter = os.environ.get("BENCH_UPSTREAM_JITTER_MS", "0")
     litellm = os.environ.get("BENCH_LITELLM", str(ROOT / "bench/.litellm-venv/bin/litellm"))
     pg_admin = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -475,7 +478,9 @@ def main() -> None:
     per_round: list[dict[str, list[dict[str, Any]]]] = []
     upstream_port = _port()
     upstream = f"http://127.0.0.1:{upstream_port}"
-    with _process(_mock_upstream(upstream_port, latency), {}, work / "mock.log") as mock_proc:
+    with _process(
+        _mock_upstream(upstream_port, latency, jitter), {}, work / "mock.log"
+    ) as mock_proc:
         _wait_http(upstream + "/v1/models")
         for index in range(rounds):
             if rounds > 1:
@@ -516,6 +521,7 @@ def main() -> None:
                 "requests_per_measurement": total,
                 "rounds": rounds,
                 "upstream_latency_ms": float(latency),
+                "upstream_jitter_ms": float(jitter),
                 "results": results,
                 "notes": notes,
                 "work_dir": str(work),

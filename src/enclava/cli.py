@@ -142,13 +142,22 @@ def mock_upstream(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 9000,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     latency_ms: Annotated[float, typer.Option(help="Delay before each answer.")] = 0.0,
+    latency_jitter_ms: Annotated[
+        float, typer.Option(min=0, help="Spread each delay uniformly over latency ± this.")
+    ] = 0.0,
     completion_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 12,
 ) -> None:
     """Serve the OpenAI-compatible simulator (for demos, tests and benchmarks)."""
     from enclava.testing.mock_upstream import serve
 
     typer.echo(f"mock upstream on http://{host}:{port}/v1", err=True)
-    serve(host=host, port=port, latency_ms=latency_ms, completion_tokens=completion_tokens)
+    serve(
+        host=host,
+        port=port,
+        latency_ms=latency_ms,
+        latency_jitter_ms=latency_jitter_ms,
+        completion_tokens=completion_tokens,
+    )
 
 
 def _split(value: str | None) -> list[str] | None:

@@ -39,6 +39,23 @@ def test_directives_parse() -> None:
     assert (directives.tokens, directives.usage, directives.drop_after) == (3, False, 4)
 
 
+def test_jitter_spreads_latency_reproducibly() -> None:
+    """Each answer's delay is drawn from latency ± jitter (never negative), the same sequence
+    for the same seed, so a benchmark's clients do not all wait exactly as long."""
+    config = SimulatorConfig(latency_ms=50, latency_jitter_ms=20, jitter_seed=7)
+    first, second = Simulator(config), Simulator(config)
+    delays = [first.latency_of(first.directives("mock-chat", None)) for _ in range(500)]
+    assert delays == [second.latency_of(second.directives("mock-chat", None)) for _ in range(500)]
+    assert all(30 <= d <= 70 for d in delays) and len(set(delays)) > 450
+    assert min(delays) < 35 and max(delays) > 65  # the whole range is used
+    # A directive sets it per request; a spread wider than the latency stops at 0.
+    wide = first.directives("mock-chat@latency=5@jitter=50", None)
+    assert wide.jitter_ms == 50 and all(first.latency_of(wide) >= 0 for _ in range(200))
+    assert any(first.latency_of(wide) == 0 for _ in range(200))
+    fixed = Simulator(SimulatorConfig(latency_ms=50))
+    assert {fixed.latency_of(fixed.directives("mock-chat", None)) for _ in range(10)} == {50}
+
+
 async def test_answers_validate_against_openai(mock: tuple[Simulator, httpx.AsyncClient]) -> None:
     simulator, client = mock
     async with client:
@@ -101,7 +118,18 @@ def test_cli_serves_the_simulator(tmp_path: Path) -> None:
     port = free_port()
     enclava = Path(sys.executable).with_name("enclava")
     proc = subprocess.Popen(
-        [str(enclava), "mock-upstream", "--port", str(port), "--completion-tokens", "3"],
+        [
+            str(enclava),
+            "mock-upstream",
+            "--port",
+            str(port),
+            "--completion-tokens",
+            "3",
+            "--latency-ms",
+            "2",
+            "--latency-jitter-ms",
+            "2",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -11,7 +11,8 @@ model name (``model@status=500x2@latency=20``). Directives:
 
 - ``status=N`` (or ``status=NxK``: only the first K requests with this model name fail, then the
   model answers normally, so a test can script "5xx then success"); 429s carry ``Retry-After: 0``
-- ``latency=MS`` before the response starts; ``chunk_latency=MS`` between stream chunks
+- ``latency=MS`` before the response starts, ``jitter=MS`` spreads it uniformly over
+  latency ± jitter (never below 0); ``chunk_latency=MS`` between stream chunks
 - ``timeout`` (never answers within any sane client timeout)
 - ``drop=K`` (streaming: close the connection after K chunks, without usage or ``[DONE]``;
   non-streaming: close the connection before answering)
@@ -28,6 +29,7 @@ import asyncio
 import base64
 import hashlib
 import math
+import random
 import struct
 import time
 import uuid
@@ -95,6 +97,7 @@ class Directives:
     status: int | None = None
     status_times: int | None = None
     latency_ms: float = 0.0
+    jitter_ms: float = 0.0
     chunk_latency_ms: float = 0.0
     timeout: bool = False
     drop_after: int | None = None
@@ -112,6 +115,8 @@ class Directives:
                 self.status_times = int(times) if times else None
             elif name == "latency":
                 self.latency_ms = float(value)
+            elif name == "jitter":
+                self.jitter_ms = float(value)
             elif name == "chunk_latency":
                 self.chunk_latency_ms = float(value)
             elif name == "timeout":
@@ -129,6 +134,10 @@ class SimulatorConfig:
     """Server-wide defaults; directives override them per request."""
 
     latency_ms: float = 0.0
+    # Each answer's latency is drawn uniformly from latency ± jitter (seeded, so a run's
+    # sequence of delays repeats): clients of a fixed-latency upstream move in lock step.
+    latency_jitter_ms: float = 0.0
+    jitter_seed: int = 0
     chunk_latency_ms: float = 0.0
     completion_tokens: int = 12
     embedding_dimensions: int = 8
@@ -168,6 +177,7 @@ class Simulator:
         self.requests: deque[dict[str, Any]] = deque(maxlen=self.config.record_requests)
         self.headers_seen: deque[dict[str, str]] = deque(maxlen=self.config.record_requests)
         self.total_requests = 0
+        self._random = random.Random(self.config.jitter_seed)
 
     def reset(self) -> None:
         self.script.clear()
@@ -180,7 +190,9 @@ class Simulator:
 
     def directives(self, model: str, header: str | None) -> Directives:
         directives = Directives(
-            latency_ms=self.config.latency_ms, chunk_latency_ms=self.config.chunk_latency_ms
+            latency_ms=self.config.latency_ms,
+            jitter_ms=self.config.latency_jitter_ms,
+            chunk_latency_ms=self.config.chunk_latency_ms,
         )
         _, _, from_model = model.partition("@")
         if from_model:
@@ -202,6 +214,13 @@ class Simulator:
             self.requests.append({"path": path, "body": body})
             self.headers_seen.append(headers)
 
+    def latency_of(self, directives: Directives) -> float:
+        """This answer's delay in milliseconds."""
+        if not directives.jitter_ms:
+            return directives.latency_ms
+        spread = self._random.uniform(-directives.jitter_ms, directives.jitter_ms)
+        return max(0.0, directives.latency_ms + spread)
+
     async def before_response(
         self, model: str, directives: Directives, disconnected: Any = None
     ) -> None:
@@ -213,8 +232,9 @@ class Simulator:
             waiter = disconnected() if disconnected is not None else asyncio.sleep(TIMEOUT_SLEEP_S)
             await asyncio.wait_for(waiter, TIMEOUT_SLEEP_S)
             raise MockDrop()
-        if directives.latency_ms:
-            await asyncio.sleep(directives.latency_ms / 1000)
+        delay_ms = self.latency_of(directives)
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
         if directives.status is not None and directives.status != 200:
             fault_key = f"fault {model}"
             seen = self.counts.get(fault_key, 0)
