@@ -78,7 +78,8 @@ def _instrument() -> None:
 
 def main() -> None:
     backend = os.environ.get("BENCH_PHASES_BACKEND", "embedded")
-    total = int(os.environ.get("BENCH_REQUESTS", "1000"))
+    # Sequential requests: the first count when BENCH_REQUESTS gives one per level.
+    total = int(os.environ.get("BENCH_REQUESTS", "1000").split(",")[0])
     work = Path(tempfile.mkdtemp(prefix="enclava-phases-"))
     upstream_port = _port()
     upstream = f"http://127.0.0.1:{upstream_port}"

@@ -23,11 +23,25 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 CONCURRENCIES = (1, 16, 64)
+# Requests timed at each concurrency level.
+Counts = dict[int, int]
 BODY = {
     "model": "bench-model",
     "messages": [{"role": "user", "content": "Say something short."}],
     "max_tokens": 16,
 }
+
+
+def _counts(spec: str) -> Counts:
+    """``BENCH_REQUESTS``: one count for every level, or one per level (``1000,4000,8000``
+    for c=1, 16 and 64), so the high-concurrency levels can run long enough to settle the
+    noise without making the c=1 level take minutes against a slow upstream."""
+    values = [int(part) for part in spec.split(",")]
+    if len(values) == 1:
+        values *= len(CONCURRENCIES)
+    if len(values) != len(CONCURRENCIES) or min(values) < 1:
+        raise SystemExit(f"BENCH_REQUESTS: one count or {len(CONCURRENCIES)}, got {spec!r}")
+    return dict(zip(CONCURRENCIES, values, strict=True))
 
 
 def _port() -> int:
@@ -133,16 +147,17 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _run_all(url: str, headers: dict[str, str], total: int, pid: int) -> list[dict[str, Any]]:
+def _run_all(url: str, headers: dict[str, str], total: Counts, pid: int) -> list[dict[str, Any]]:
     """Each concurrency level, plus the server's CPU time per request: unlike latency and
     throughput, that figure barely moves when other work shares the machine."""
     rows = []
     for concurrency in CONCURRENCIES:
         before = _cpu_seconds(pid)
-        row = asyncio.run(_measure(url, headers, concurrency, total))
+        requests = total[concurrency]
+        row = asyncio.run(_measure(url, headers, concurrency, requests))
         spent = _cpu_seconds(pid) - before
         row["server_cpu_ms_per_request"] = round(
-            spent * 1000 / (row["requests"] + min(200, total)), 3
+            spent * 1000 / (row["requests"] + min(200, requests)), 3
         )
         rows.append(row)
     return rows
@@ -236,7 +251,7 @@ def _bench_enclava(
     name: str,
     work: Path,
     upstream: str,
-    total: int,
+    total: Counts,
     database_url: str | None = None,
     redis_url: str | None = None,
 ) -> list[dict[str, Any]]:
@@ -279,7 +294,9 @@ def _flush_redis(url: str) -> None:
     client.close()
 
 
-def _bench_litellm(executable: str, work: Path, upstream: str, total: int) -> list[dict[str, Any]]:
+def _bench_litellm(
+    executable: str, work: Path, upstream: str, total: Counts
+) -> list[dict[str, Any]]:
     work.mkdir(parents=True, exist_ok=True)
     config = work / "litellm.yaml"
     config.write_text(
@@ -304,7 +321,7 @@ def _bench_litellm(executable: str, work: Path, upstream: str, total: int) -> li
         return _run_all(f"http://127.0.0.1:{port}/v1/chat/completions", headers, total, proc.pid)
 
 
-def _bench_floor(work: Path, upstream: str, total: int) -> list[dict[str, Any]]:
+def _bench_floor(work: Path, upstream: str, total: Counts) -> list[dict[str, Any]]:
     """The bare Python proxy of ``bench.gateway.floor`` (same server stack as Enclava)."""
     work.mkdir(parents=True, exist_ok=True)
     port = _port()
@@ -401,7 +418,7 @@ def _measure_targets(
     work: Path,
     upstream: str,
     upstream_pid: int,
-    total: int,
+    total: Counts,
     litellm: str,
     pg_admin: str,
     redis_url: str,
@@ -464,7 +481,7 @@ def _spread(results: dict[str, list[dict[str, Any]]]) -> str:
 
 def main() -> None:
     targets = os.environ.get("BENCH_TARGETS", "direct,floor,embedded,postgres,litellm").split(",")
-    total = int(os.environ.get("BENCH_REQUESTS", "2000"))
+    total = _counts(os.environ.get("BENCH_REQUESTS", "2000"))
     # Rounds run every target in turn, again and again; the table gives each figure's median
     # over the rounds, so a slow minute on a shared machine moves every target alike.
     rounds = int(os.environ.get("BENCH_ROUNDS", "1"))
@@ -518,7 +535,7 @@ def main() -> None:
                     "python": platform.python_version(),
                     "platform": platform.platform(),
                 },
-                "requests_per_measurement": total,
+                "requests_per_level": {str(c): n for c, n in total.items()},
                 "rounds": rounds,
                 "upstream_latency_ms": float(latency),
                 "upstream_jitter_ms": float(jitter),
