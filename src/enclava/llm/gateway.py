@@ -312,10 +312,15 @@ async def _settle_call(
     endpoint: str,
     started: float,
     request_id: str | None,
-    **usage: Any,
+    *,
+    status: str,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    error_code: str | None = None,
+    streamed: bool = False,
 ) -> None:
     """Charge ``cost`` against the reservation (the rest is released) and record the call's
-    usage row: ``usage`` holds the fields of ``UsageData`` that vary between outcomes."""
+    usage row."""
     await settle(
         state,
         subject,
@@ -325,9 +330,13 @@ async def _settle_call(
             endpoint=endpoint,
             model=entry.id,
             provider=entry.provider.name,
+            status=status,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             latency_ms=elapsed_ms(started),
+            streamed=streamed,
+            error_code=error_code,
             request_id=request_id,
-            **usage,
         ),
     )
 
